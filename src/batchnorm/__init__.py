@@ -1,0 +1,1 @@
+"""batchnorm: TensorFlow/Keras BatchNormalization for PyTorch."""

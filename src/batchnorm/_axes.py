@@ -1,0 +1,150 @@
+"""Axis bookkeeping: which dimensions are kept (channels) and which are reduced.
+
+Keras' rule: ``axis`` (an int or a list of ints, negative allowed) names the *kept* dimensions;
+statistics are reduced over every other dimension. Parameters take TensorFlow's shape: ``(C,)``
+for a single axis, and for several axes the input's rank with the kept sizes and 1 elsewhere.
+
+Example:
+    >>> layout = ChannelLayout.from_axis([1, 3], (2, 3, 4, 5))
+    >>> layout.axes, layout.reduce_dims, layout.param_shape
+    ((1, 3), (0, 2), (1, 3, 1, 5))
+
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from math import prod
+
+from batchnorm._errors import check, fail
+
+__all__ = ["AxisArgument", "ChannelLayout", "validate_axis_argument"]
+
+AxisArgument = int | Sequence[int]
+
+
+def validate_axis_argument(axis: object) -> int | tuple[int, ...]:
+    """Check the type of ``axis`` before any input is seen (Keras does this in ``__init__``).
+
+    Returns an int unchanged and a list or tuple as a tuple; duplicates and ranges are checked
+    later, by :meth:`ChannelLayout.from_axis`, once the rank is known.
+
+    Example:
+        >>> validate_axis_argument([3, 1])
+        (3, 1)
+
+    """
+    if isinstance(axis, bool):
+        raise fail("axis", axis, "an int or a list of ints")
+    if isinstance(axis, int):
+        return axis
+    if isinstance(axis, (list, tuple)) and axis:
+        for entry in axis:
+            check(
+                isinstance(entry, int) and not isinstance(entry, bool),
+                "axis",
+                axis,
+                "an int or a non-empty list of ints",
+            )
+        return tuple(axis)
+    raise fail("axis", axis, "an int or a non-empty list of ints")
+
+
+@dataclass(frozen=True)
+class ChannelLayout:
+    """Where the channels of an input of a given shape live.
+
+    Attributes:
+        input_shape: The full input shape (batch included) the layout was built for.
+        axes: The kept dimensions, non-negative, in the order the user listed them.
+        raw_axis: ``axis`` as the user gave it (an int or a tuple), for TensorFlow's rules.
+
+    """
+
+    input_shape: tuple[int, ...]
+    axes: tuple[int, ...]
+    raw_axis: int | tuple[int, ...]
+
+    @classmethod
+    def from_axis(cls, axis: AxisArgument, input_shape: Sequence[int]) -> ChannelLayout:
+        """Canonicalise ``axis`` for an input of ``input_shape``.
+
+        Raises:
+            BatchNormError: if the input has rank < 2, an axis is out of range, or repeated.
+
+        """
+        raw = validate_axis_argument(axis)
+        shape = tuple(int(size) for size in input_shape)
+        rank = len(shape)
+        check(
+            rank >= 2,
+            "input rank",
+            rank,
+            f"2 or more (input shape {shape}); batch norm needs a batch axis and a channel axis",
+        )
+        listed = (raw,) if isinstance(raw, int) else raw
+        axes = []
+        for entry in listed:
+            check(
+                -rank <= entry < rank, "axis", axis, f"values in [{-rank}, {rank}) for rank {rank}"
+            )
+            axes.append(entry % rank)
+        check(len(set(axes)) == len(axes), "axis", axis, "no duplicate axes")
+        check(len(axes) < rank, "axis", axis, f"to leave at least one axis of {shape} to reduce")
+        return cls(input_shape=shape, axes=tuple(axes), raw_axis=raw)
+
+    @property
+    def rank(self) -> int:
+        """The input's rank."""
+        return len(self.input_shape)
+
+    @property
+    def reduce_dims(self) -> tuple[int, ...]:
+        """The dimensions statistics are reduced over, ascending."""
+        return tuple(d for d in range(self.rank) if d not in self.axes)
+
+    @property
+    def broadcast_shape(self) -> tuple[int, ...]:
+        """Per-channel vectors viewed to broadcast against the input: kept sizes, 1 elsewhere."""
+        return tuple(self.input_shape[d] if d in self.axes else 1 for d in range(self.rank))
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """TensorFlow's weight shape: ``(C,)`` for one axis, else :attr:`broadcast_shape`."""
+        if len(self.axes) == 1:
+            return (self.input_shape[self.axes[0]],)
+        return self.broadcast_shape
+
+    @property
+    def num_channels(self) -> int:
+        """Number of independent channels (product of the kept sizes)."""
+        return prod(self.input_shape[d] for d in self.axes)
+
+    @property
+    def reduced_count(self) -> int:
+        """Elements per channel in one batch of ``input_shape``."""
+        return prod(self.input_shape[d] for d in self.reduce_dims)
+
+    def with_batch(self, input_shape: Sequence[int]) -> ChannelLayout:
+        """The same layout for another input; only non-channel sizes may differ.
+
+        Raises:
+            BatchNormError: if the rank or a channel size differs from the built layout.
+
+        """
+        shape = tuple(int(size) for size in input_shape)
+        check(
+            len(shape) == self.rank,
+            "input rank",
+            len(shape),
+            f"{self.rank}, the rank this layer was built for (input shape {shape})",
+        )
+        for d in self.axes:
+            check(
+                shape[d] == self.input_shape[d],
+                f"input.shape[{d}]",
+                shape[d],
+                f"{self.input_shape[d]} channels on axis {d}, as built",
+            )
+        return ChannelLayout(input_shape=shape, axes=self.axes, raw_axis=self.raw_axis)

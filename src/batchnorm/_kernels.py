@@ -1,0 +1,171 @@
+"""The fast path (``fused=None`` or ``True``): two heavy passes forward, two backward.
+
+The passes are named by role, as PyTorch names its SyncBatchNorm kernels:
+
+1. :func:`batch_moments` (stats): mean, then biased variance of the centred input; no graph.
+2. :class:`NormalizeApply` forward (apply): ``y = x * (invstd * A) + (B - mean * invstd * A)``
+   in one elementwise pass, where ``y = x_hat * A + B`` and ``A``, ``B`` are per-channel.
+3. backward reduce: ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel.
+4. backward apply: ``dx = A * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n)``.
+
+Only ``x`` and per-channel vectors are saved for backward. ``A`` and ``B`` are ordinary tensors
+built by autograd from gamma, beta and whatever variant composes into them (see
+:mod:`batchnorm._affine`), so this module never changes when a variant is added: the function
+returns ``dA = sum(dy * x_hat)`` and ``dB = sum(dy)`` and autograd carries them on.
+
+Reductions run over a ``(outer, channels, inner)`` view in memory order when the kept dimensions
+are adjacent in memory (NCHW, channels_last and dense inputs all are), which turns them into
+contiguous row or column sums; anything else falls back to a plain multi-dimension sum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import prod
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from batchnorm._moments import accumulation_dtype
+from batchnorm._types import Moments
+
+__all__ = ["NormalizeApply", "batch_moments", "channel_sum", "channel_sum_of_squares"]
+
+
+def _block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
+    """``t`` as ``(outer, channels, inner)`` in memory order, or None if no such view exists."""
+    order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+    in_memory_order = t.permute(order)
+    if not in_memory_order.is_contiguous():
+        return None
+    positions = [order.index(a) for a in sorted(axes)]
+    first, last = positions[0], positions[-1]
+    if positions != list(range(first, last + 1)):
+        return None
+    sizes = in_memory_order.shape
+    return in_memory_order.view(prod(sizes[:first]), prod(sizes[first : last + 1]), -1)
+
+
+def _keep_shape(t: torch.Tensor, axes: Sequence[int]) -> tuple[int, ...]:
+    return tuple(t.shape[d] if d in axes else 1 for d in range(t.dim()))
+
+
+def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Sum of ``t`` over every dimension but ``axes``, kept as size-1 dimensions.
+
+    Example:
+        >>> channel_sum(torch.ones(2, 3, 4), [1]).flatten().tolist()
+        [8.0, 8.0, 8.0]
+
+    """
+    keep = _keep_shape(t, axes)
+    view = _block_view(t, axes)
+    if view is None or t.numel() == 0:
+        reduce_dims = [d for d in range(t.dim()) if d not in axes]
+        return t.sum(dim=reduce_dims, keepdim=True)
+    rows = view.sum(dim=2) if view.shape[2] > 1 else view[:, :, 0]
+    return rows.sum(dim=0).view(keep)
+
+
+def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Sum of ``t ** 2`` over every dimension but ``axes``, without a squared temporary.
+
+    Example:
+        >>> channel_sum_of_squares(torch.full((2, 3), 2.0), [1]).flatten().round().tolist()
+        [8.0, 8.0, 8.0]
+
+    """
+    keep = _keep_shape(t, axes)
+    view = _block_view(t, axes)
+    if view is None or t.numel() == 0:
+        reduce_dims = [d for d in range(t.dim()) if d not in axes]
+        return torch.linalg.vector_norm(t, dim=reduce_dims, keepdim=True).square()
+    if view.shape[2] > 1:
+        return torch.linalg.vector_norm(view, dim=2).square().sum(dim=0).view(keep)
+    return torch.linalg.vector_norm(view[:, :, 0], dim=0).square().view(keep)
+
+
+def batch_moments(x: torch.Tensor, axes: Sequence[int]) -> Moments:
+    """The stats pass: count, mean and biased variance per channel, two-pass, without a graph.
+
+    Matches :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
+
+    Example:
+        >>> moments = batch_moments(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
+        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist()
+        ([[2.0, 20.0]], [[1.0, 100.0]])
+
+    """
+    with torch.no_grad():
+        acc = accumulation_dtype(x.dtype)
+        xs = x.to(acc)
+        count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
+        mean = channel_sum(xs, axes) / count
+        var = channel_sum_of_squares(xs - mean, axes) / count
+    return Moments(count=torch.tensor(float(count), dtype=acc, device=x.device), mean=mean, var=var)
+
+
+class NormalizeApply(torch.autograd.Function):
+    """``y = (x - mean) * invstd * scale + shift`` with the batch-norm gradient.
+
+    ``mean`` and ``invstd`` must be the batch moments of ``x`` over all dimensions but ``axes``
+    (from :func:`batch_moments`): the backward differentiates through them as functions of
+    ``x``, which is what makes this batch norm rather than a fixed affine map. ``scale`` and
+    ``shift`` are per-channel and receive ``sum(dy * x_hat)`` and ``sum(dy)``.
+
+    Not twice differentiable (``once_differentiable``); the reference path is.
+
+    Example:
+        >>> x = torch.tensor([[1.0], [3.0]], requires_grad=True)
+        >>> moments = batch_moments(x, [1])
+        >>> one, zero = torch.ones(1, 1), torch.zeros(1, 1)
+        >>> y = NormalizeApply.apply(x, moments.mean, torch.rsqrt(moments.var), one, zero, (1,))
+        >>> y.flatten().round(decimals=4).tolist()
+        [-1.0, 1.0]
+
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x: torch.Tensor,
+        mean: torch.Tensor,
+        invstd: torch.Tensor,
+        scale: torch.Tensor,
+        shift: torch.Tensor,
+        axes: tuple[int, ...],
+    ) -> torch.Tensor:
+        """The apply pass: one multiply-add over ``x``."""
+        acc = mean.dtype
+        x_scale = invstd * scale
+        x_shift = shift - mean * x_scale
+        y = torch.addcmul(x_shift, x.to(acc), x_scale)
+        ctx.save_for_backward(x, mean, invstd, scale)
+        ctx.axes = axes
+        ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4])
+        return y.to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor):  # type: ignore[override]
+        """Backward reduce, then backward apply."""
+        x, mean, invstd, scale = ctx.saved_tensors
+        axes = ctx.axes
+        need_x, need_scale, need_shift = ctx.needs
+        acc = mean.dtype
+        dy = dy.to(acc)
+        count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
+        centered = x.to(acc) - mean
+        sum_dy = channel_sum(dy, axes)
+        sum_dy_centered = channel_sum(centered * dy, axes)
+        dscale = sum_dy_centered * invstd if need_scale else None
+        dshift = sum_dy if need_shift else None
+        dx = None
+        if need_x and count > 0:
+            k = scale * invstd
+            centered_coef = -k * invstd * invstd * sum_dy_centered / count
+            constant = -k * sum_dy / count
+            dx = torch.addcmul(constant, centered, centered_coef).addcmul_(dy, k).to(x.dtype)
+        elif need_x:
+            dx = torch.zeros_like(x)
+        return dx, None, None, dscale, dshift, None
