@@ -1,1 +1,24 @@
-"""batchnorm: TensorFlow/Keras BatchNormalization for PyTorch."""
+"""batchnorm: TensorFlow/Keras ``BatchNormalization``, complete and numerically faithful, in PyTorch.
+
+Example:
+    >>> import torch
+    >>> import batchnorm as bn
+    >>> layer = bn.BatchNormalization(axis=1)
+    >>> layer(torch.randn(4, 3, 8, 8)).shape
+    torch.Size([4, 3, 8, 8])
+"""
+
+from batchnorm import constraints, functional, initializers, regularizers
+from batchnorm._errors import BatchNormError
+from batchnorm.layer import BatchNormalization
+
+__all__ = [
+    "BatchNormError",
+    "BatchNormalization",
+    "constraints",
+    "functional",
+    "initializers",
+    "regularizers",
+]
+
+__version__ = "0.1.0"

@@ -34,6 +34,8 @@ __all__ = ["NormalizeApply", "batch_moments", "channel_sum", "channel_sum_of_squ
 
 def _block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
     """``t`` as ``(outer, channels, inner)`` in memory order, or None if no such view exists."""
+    if t.numel() == 0:
+        return None
     order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
     in_memory_order = t.permute(order)
     if not in_memory_order.is_contiguous():
@@ -60,7 +62,7 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
     """
     keep = _keep_shape(t, axes)
     view = _block_view(t, axes)
-    if view is None or t.numel() == 0:
+    if view is None:
         reduce_dims = [d for d in range(t.dim()) if d not in axes]
         return t.sum(dim=reduce_dims, keepdim=True)
     rows = view.sum(dim=2) if view.shape[2] > 1 else view[:, :, 0]
@@ -77,7 +79,7 @@ def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor
     """
     keep = _keep_shape(t, axes)
     view = _block_view(t, axes)
-    if view is None or t.numel() == 0:
+    if view is None:
         reduce_dims = [d for d in range(t.dim()) if d not in axes]
         return torch.linalg.vector_norm(t, dim=reduce_dims, keepdim=True).square()
     if view.shape[2] > 1:

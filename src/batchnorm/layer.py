@@ -1,0 +1,628 @@
+"""``BatchNormalization``: the Keras layer, as a ``torch.nn.Module`` that owns the state.
+
+It resolves ``training``, builds its weights on first use, calls
+:func:`batchnorm.functional.batch_norm` and commits the statistics that call returns. The math
+lives in the functional and the modules below it; this file holds the Keras layer API.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from batchnorm import constraints, initializers, regularizers
+from batchnorm._axes import AxisArgument, ChannelLayout, validate_axis_argument
+from batchnorm._errors import (
+    BatchNormError,
+    check,
+    check_epsilon,
+    check_momentum,
+    check_optional_bool,
+    fail,
+)
+from batchnorm.functional import batch_norm
+
+__all__ = ["BatchNormalization"]
+
+_DTYPE_NAMES = {
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "float64": torch.float64,
+    "double": torch.float64,
+}
+_MIXED_POLICIES = {"mixed_float16": torch.float16, "mixed_bfloat16": torch.bfloat16}
+_STATE_FORMAT_VERSION = 1
+_layer_counter = itertools.count()
+
+
+def _resolve_dtype(dtype: Any) -> tuple[str, torch.dtype, torch.dtype | None]:
+    """Keras dtype or policy -> (name, variable dtype, compute dtype or None for the input's).
+
+    16-bit layers keep float32 variables and compute in their 16-bit type, as tf_keras does.
+    """
+    if isinstance(dtype, dict):  # a Keras DTypePolicy config
+        dtype = dtype.get("config", {}).get("name", dtype)
+    if dtype is None:
+        return "float32", torch.float32, None
+    if isinstance(dtype, torch.dtype):
+        dtype = str(dtype).removeprefix("torch.")
+    if isinstance(dtype, str) and dtype in _MIXED_POLICIES:
+        return dtype, torch.float32, _MIXED_POLICIES[dtype]
+    if isinstance(dtype, str) and dtype in _DTYPE_NAMES:
+        resolved = _DTYPE_NAMES[dtype]
+        name = str(resolved).removeprefix("torch.")
+        if resolved in (torch.float16, torch.bfloat16):
+            return name, torch.float32, resolved
+        return name, resolved, None
+    expected = "a floating torch.dtype or one of " + ", ".join(
+        sorted([*_DTYPE_NAMES, *_MIXED_POLICIES])
+    )
+    raise fail("dtype", dtype, expected)
+
+
+def _next_name() -> str:
+    index = next(_layer_counter)
+    return "batch_normalization" if index == 0 else f"batch_normalization_{index}"
+
+
+class BatchNormalization(nn.Module):
+    r"""Batch normalization layer with TensorFlow/Keras semantics (Ioffe and Szegedy, 2015).
+
+    Normalises each channel with the batch statistics in training and with moving statistics
+    in inference:
+
+    .. math::
+
+        y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta, \qquad
+        m \leftarrow m - (m - \mu)(1 - \text{momentum})
+
+    and likewise for the moving variance (Bessel-corrected or not, see
+    ``moving_variance_correction``). The full equations are in
+    :func:`batchnorm.functional.batch_norm`.
+
+    Args:
+        axis: The channel axis, or a list of axes normalised jointly (Keras rule: statistics
+            are reduced over every other axis). Default -1 (channels last); use 1 for NCHW.
+        momentum: Moving-average decay in [0, 1], TensorFlow's sense. PyTorch's ``momentum``
+            is ``1 - momentum``. Default 0.99.
+        epsilon: Added to the variance, >= 0. Default 1e-3 (PyTorch: 1e-5).
+        center: Learn an offset ``beta``. Default True.
+        scale: Learn a scale ``gamma``. Default True.
+        beta_initializer, gamma_initializer, moving_mean_initializer,
+            moving_variance_initializer: From :mod:`batchnorm.initializers`: a name, a config
+            dict, an instance or a callable ``(shape, dtype=None)``.
+        beta_regularizer, gamma_regularizer: From :mod:`batchnorm.regularizers`; their
+            penalties are in :attr:`losses`.
+        beta_constraint, gamma_constraint: From :mod:`batchnorm.constraints`; applied after an
+            optimizer step, never in the forward pass (see :meth:`apply_constraints`).
+        fused: None or True for the fast path, False for the reference path. It selects code,
+            not numbers (except through ``moving_variance_correction=None``).
+        trainable: False freezes the layer: it always runs in inference mode (Keras 2 rule)
+            and ``gamma``/``beta`` get ``requires_grad=False``.
+        name: Keras name; unique default ``batch_normalization[_N]``.
+        moving_variance_correction: None stores the moving variance TensorFlow would store for
+            the same arguments (Bessel-corrected where tf_keras runs its fused kernel: rank 4
+            or 5, channels-first or -last axis, float16/32 variables, ``fused`` not False);
+            True or False force it.
+        input_shape: Input shape without the batch axis; builds the weights at once.
+            Otherwise they are built at the first call (create optimizers after that call).
+        dtype: Variable dtype or Keras policy: ``"float32"`` (default), ``"float64"``,
+            ``"float16"``/``"bfloat16"`` (float32 variables, 16-bit compute and output),
+            ``"mixed_float16"``/``"mixed_bfloat16"``, or a ``torch.dtype``.
+        device: Where to build the weights; default the first input's device.
+
+    Shape:
+        Input: any shape of rank >= 2. Output: the input's shape, dtype and memory format
+        (with a 16-bit ``dtype`` the input is cast to it first).
+
+    Example:
+        >>> layer = BatchNormalization(axis=1, momentum=0.9)
+        >>> x = torch.randn(8, 3, 4, 4)
+        >>> y = layer(x)                     # training mode: batch statistics, one update
+        >>> [w.shape for w in layer.get_weights()]
+        [(3,), (3,), (3,), (3,)]
+        >>> layer.eval()(x).shape            # inference: the moving statistics
+        torch.Size([8, 3, 4, 4])
+    """
+
+    _version = _STATE_FORMAT_VERSION
+
+    gamma: nn.Parameter | None
+    beta: nn.Parameter | None
+    moving_mean: torch.Tensor | None
+    moving_variance: torch.Tensor | None
+
+    def __init__(
+        self,
+        axis: AxisArgument = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: Any = "zeros",
+        gamma_initializer: Any = "ones",
+        moving_mean_initializer: Any = "zeros",
+        moving_variance_initializer: Any = "ones",
+        beta_regularizer: Any = None,
+        gamma_regularizer: Any = None,
+        beta_constraint: Any = None,
+        gamma_constraint: Any = None,
+        fused: bool | None = None,
+        trainable: bool = True,
+        name: str | None = None,
+        *,
+        moving_variance_correction: bool | None = None,
+        input_shape: Sequence[int | None] | None = None,
+        dtype: Any = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        self.axis = validate_axis_argument(axis)
+        self.momentum = check_momentum(momentum)
+        self.epsilon = check_epsilon(epsilon)
+        check(isinstance(center, bool), "center", center, "True or False")
+        check(isinstance(scale, bool), "scale", scale, "True or False")
+        check(isinstance(trainable, bool), "trainable", trainable, "True or False")
+        check_optional_bool(fused, "fused")
+        check_optional_bool(moving_variance_correction, "moving_variance_correction")
+        check(name is None or isinstance(name, str), "name", name, "a string or None")
+        self.center = center
+        self.scale = scale
+        self.fused = fused
+        self.moving_variance_correction = moving_variance_correction
+        self.beta_initializer = initializers.get(beta_initializer, argument="beta_initializer")
+        self.gamma_initializer = initializers.get(gamma_initializer, argument="gamma_initializer")
+        self.moving_mean_initializer = initializers.get(
+            moving_mean_initializer, argument="moving_mean_initializer"
+        )
+        self.moving_variance_initializer = initializers.get(
+            moving_variance_initializer, argument="moving_variance_initializer"
+        )
+        self.beta_regularizer = regularizers.get(beta_regularizer, argument="beta_regularizer")
+        self.gamma_regularizer = regularizers.get(gamma_regularizer, argument="gamma_regularizer")
+        self.beta_constraint = constraints.get(beta_constraint, argument="beta_constraint")
+        self.gamma_constraint = constraints.get(gamma_constraint, argument="gamma_constraint")
+        self._dtype_name, self._variable_dtype, self._compute_dtype = _resolve_dtype(dtype)
+        self._device = torch.device(device) if device is not None else None
+        self.name = name if name is not None else _next_name()
+        self._trainable = trainable
+        self._layout: ChannelLayout | None = None
+        self._build_input_shape: tuple[int | None, ...] | None = None
+        self.register_parameter("gamma", None)
+        self.register_parameter("beta", None)
+        self.register_buffer("moving_mean", None)
+        self.register_buffer("moving_variance", None)
+        if input_shape is not None:
+            check(
+                isinstance(input_shape, (list, tuple, torch.Size)),
+                "input_shape",
+                input_shape,
+                "a tuple of ints without the batch axis",
+            )
+            self.build((None, *input_shape))
+
+    # ------------------------------------------------------------------ building
+    @property
+    def built(self) -> bool:
+        """Whether the weights exist (after :meth:`build`, ``input_shape`` or a first call)."""
+        return self._layout is not None
+
+    def build(self, input_shape: Sequence[int | None]) -> None:
+        """Create the weights for inputs of ``input_shape`` (batch axis included, may be None).
+
+        Only the channel sizes must be known; other sizes may be None.
+
+        Raises:
+            BatchNormError: if the layer is already built, the rank is below 2, the axis does
+                not fit the rank, or a channel size is unknown.
+
+        Example:
+            >>> layer = BatchNormalization(axis=[1, 3])
+            >>> layer.build((None, 3, 5, 2))
+            >>> tuple(layer.gamma.shape)
+            (1, 3, 1, 2)
+        """
+        check(not self.built, "build", tuple(input_shape), "a layer that is not built yet")
+        shape = tuple(None if size is None else int(size) for size in input_shape)
+        layout = ChannelLayout.from_axis(self.axis, [1 if s is None else s for s in shape])
+        for d in layout.axes:
+            check(
+                shape[d] is not None and shape[d] > 0,
+                f"input_shape[{d}]",
+                shape[d],
+                "a known, positive channel size",
+            )
+        device = self._device
+        param_shape = layout.param_shape
+
+        def create(initializer: Any) -> torch.Tensor:
+            value = initializer(param_shape, dtype=self._variable_dtype)
+            tensor = torch.as_tensor(value, dtype=self._variable_dtype)
+            check(
+                tuple(tensor.shape) == param_shape,
+                "initializer result shape",
+                tuple(tensor.shape),
+                f"{param_shape}",
+            )
+            return tensor.to(device) if device is not None else tensor.clone()
+
+        if self.scale:
+            self.gamma = nn.Parameter(create(self.gamma_initializer), self._trainable)
+        if self.center:
+            self.beta = nn.Parameter(create(self.beta_initializer), self._trainable)
+        self.moving_mean = create(self.moving_mean_initializer)
+        self.moving_variance = create(self.moving_variance_initializer)
+        self._layout = layout
+        self._build_input_shape = shape
+
+    # ------------------------------------------------------------------ calling
+    def forward(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
+        """Normalise ``inputs``.
+
+        Args:
+            inputs: A tensor of rank >= 2 whose channel sizes match the built layer.
+            training: True for batch statistics and a moving-statistics update, False for
+                inference, None to follow ``self.training`` (``train()``/``eval()``). A layer
+                with ``trainable=False`` always runs inference.
+
+        Raises:
+            BatchNormError: for a non-tensor, a rank or channel size that does not match the
+                built layer; weights and statistics are left unchanged.
+        """
+        check(
+            isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor"
+        )
+        training = self._resolve_training(training)
+        if self._layout is not None:
+            self._layout.with_batch(inputs.shape)
+        else:
+            ChannelLayout.from_axis(self.axis, inputs.shape)
+        if not self.built:
+            if self._device is None:
+                self._device = inputs.device
+            self.build(inputs.shape)
+        x = self._cast_input(inputs)
+        assert self.moving_mean is not None and self.moving_variance is not None
+        result = batch_norm(
+            x,
+            self.moving_mean,
+            self.moving_variance,
+            self.gamma,
+            self.beta,
+            training=training,
+            axis=self.axis,
+            momentum=self.momentum,
+            epsilon=self.epsilon,
+            fused=self.fused,
+            moving_variance_correction=self.moving_variance_correction,
+        )
+        self._commit(result.new_stats)
+        return result.output
+
+    def _cast_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self._compute_dtype is not None:
+            return inputs.to(self._compute_dtype)
+        if not inputs.is_floating_point():
+            return inputs.to(self._variable_dtype)
+        return inputs
+
+    def _resolve_training(self, training: Any) -> bool:
+        if not self._trainable:
+            return False
+        if training is None:
+            return self.training
+        if isinstance(training, torch.Tensor):
+            check(training.numel() == 1, "training", training, "a bool or a 1-element tensor")
+            return bool(training.item())
+        check(isinstance(training, (bool, int)), "training", training, "None, True or False")
+        return bool(training)
+
+    def _commit(self, new_stats: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for key, value in new_stats.items():
+                getattr(self, key).copy_(value)
+
+    # ------------------------------------------------------------------ Keras layer API
+    @property
+    def trainable(self) -> bool:
+        """Keras' switch: False means inference always and no gradient for gamma and beta."""
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        check(isinstance(value, bool), "trainable", value, "True or False")
+        self._trainable = value
+        for parameter in (self.gamma, self.beta):
+            if parameter is not None:
+                parameter.requires_grad_(value)
+
+    @property
+    def dtype(self) -> str:
+        """The variable dtype's name (``"float32"`` unless built as float64), as Keras says it."""
+        return str(self._variable_dtype).removeprefix("torch.")
+
+    @property
+    def compute_dtype(self) -> str | None:
+        """The dtype inputs are cast to, or None when the input's own dtype is kept."""
+        return None if self._compute_dtype is None else str(self._compute_dtype)[6:]
+
+    def _named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        names = ["gamma", "beta", "moving_mean", "moving_variance"]
+        return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
+
+    @property
+    def weights(self) -> list[torch.Tensor]:
+        """All weights in Keras order: gamma, beta, moving_mean, moving_variance (if present)."""
+        return [tensor for _, tensor in self._named_weights()]
+
+    variables = weights
+
+    @property
+    def trainable_weights(self) -> list[torch.Tensor]:
+        """``[gamma, beta]`` (those present) when trainable, else ``[]``."""
+        if not self._trainable:
+            return []
+        return [t for t in (self.gamma, self.beta) if t is not None]
+
+    trainable_variables = trainable_weights
+
+    @property
+    def non_trainable_weights(self) -> list[torch.Tensor]:
+        """The moving statistics, preceded by gamma and beta when the layer is frozen."""
+        trainable = {id(t) for t in self.trainable_weights}
+        return [t for t in self.weights if id(t) not in trainable]
+
+    non_trainable_variables = non_trainable_weights
+
+    def _require_built(self, what: str) -> None:
+        if not self.built:
+            raise BatchNormError(
+                f"{what} needs the weights, but layer {self.name!r} is not built; call it once, "
+                "call build(input_shape), or pass input_shape= to the constructor"
+            )
+
+    def get_weights(self) -> list[np.ndarray]:
+        """The weights as numpy arrays, in Keras order (see :attr:`weights`).
+
+        Example:
+            >>> layer = BatchNormalization(center=False, input_shape=(3,))
+            >>> [w.tolist() for w in layer.get_weights()]
+            [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+        """
+        self._require_built("get_weights()")
+        return [t.detach().cpu().numpy().copy() for t in self.weights]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Set the weights from arrays in :meth:`get_weights` order; shapes must match exactly.
+
+        Raises:
+            BatchNormError: on a wrong count or shape; no weight is changed then.
+
+        Example:
+            >>> layer = BatchNormalization(input_shape=(2,))
+            >>> layer.set_weights([[2.0, 2.0], [0.0, 1.0], [0.5, 0.5], [4.0, 4.0]])
+            >>> layer.moving_variance.tolist()
+            [4.0, 4.0]
+        """
+        self._require_built("set_weights()")
+        named = self._named_weights()
+        check(
+            isinstance(weights, (list, tuple)) and len(weights) == len(named),
+            "len(weights)",
+            len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__,
+            f"a list of {len(named)} arrays for {[n for n, _ in named]}",
+        )
+        values = []
+        for index, ((weight_name, target), value) in enumerate(zip(named, weights, strict=True)):
+            array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value)
+            check(
+                tuple(array.shape) == tuple(target.shape),
+                f"weights[{index}].shape ({weight_name})",
+                tuple(array.shape),
+                f"{tuple(target.shape)}",
+            )
+            values.append(torch.as_tensor(array, dtype=target.dtype, device=target.device))
+        with torch.no_grad():
+            for (_, target), value in zip(named, values, strict=True):
+                target.copy_(value)
+
+    def count_params(self) -> int:
+        """Number of scalars in all weights, moving statistics included (Keras counts them).
+
+        Example:
+            >>> BatchNormalization(input_shape=(5,)).count_params()
+            20
+        """
+        self._require_built("count_params()")
+        return sum(t.numel() for t in self.weights)
+
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        """Regularization penalties on gamma then beta, recomputed (differentiable) each read.
+
+        Example:
+            >>> layer = BatchNormalization(gamma_regularizer="l2", input_shape=(4,))
+            >>> [round(float(loss), 4) for loss in layer.losses]
+            [0.04]
+        """
+        penalties = []
+        if self.gamma is not None and self.gamma_regularizer is not None:
+            penalties.append(self.gamma_regularizer(self.gamma))
+        if self.beta is not None and self.beta_regularizer is not None:
+            penalties.append(self.beta_regularizer(self.beta))
+        return penalties
+
+    def apply_constraints(self) -> None:
+        """Project gamma and beta onto their constraints, in place.
+
+        Call after each optimizer step, or let :func:`batchnorm.constraints.
+        register_optimizer_hook` do it. TensorFlow's optimizers do the same after their update.
+
+        Example:
+            >>> layer = BatchNormalization(gamma_constraint="non_neg", input_shape=(3,))
+            >>> layer.set_weights([[-1.0, 2.0, -3.0], [0.0] * 3, [0.0] * 3, [1.0] * 3])
+            >>> layer.apply_constraints()
+            >>> layer.gamma.tolist()
+            [0.0, 2.0, 0.0]
+        """
+        pairs = ((self.gamma, self.gamma_constraint), (self.beta, self.beta_constraint))
+        with torch.no_grad():
+            for parameter, constraint in pairs:
+                if parameter is not None and constraint is not None:
+                    parameter.copy_(constraint(parameter))
+
+    def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+        """The output shape: the input's.
+
+        Example:
+            >>> BatchNormalization().compute_output_shape((None, 4))
+            (None, 4)
+        """
+        return tuple(input_shape)
+
+    def compute_mask(self, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> Any:
+        """The output mask: the input mask, passed through unchanged."""
+        return mask
+
+    # ------------------------------------------------------------------ config
+    def get_config(self) -> dict[str, Any]:
+        """A JSON-serializable dict from which :meth:`from_config` rebuilds an equal layer.
+
+        Keys follow tf_keras; ``axis`` is the raw value before build and the list of
+        normalised axes after build, as in tf_keras. ``fused`` and
+        ``moving_variance_correction`` appear only when set.
+
+        Example:
+            >>> config = BatchNormalization(axis=1, name="bn").get_config()
+            >>> config["axis"], config["momentum"], config["gamma_initializer"]["class_name"]
+            (1, 0.99, 'Ones')
+        """
+        axis: Any = self.axis if isinstance(self.axis, int) else list(self.axis)
+        if self._layout is not None:
+            axis = list(self._layout.axes)
+        config: dict[str, Any] = {
+            "name": self.name,
+            "trainable": self._trainable,
+            "dtype": self._dtype_name,
+            "axis": axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": initializers.serialize(self.beta_initializer),
+            "gamma_initializer": initializers.serialize(self.gamma_initializer),
+            "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
+            "moving_variance_initializer": initializers.serialize(
+                self.moving_variance_initializer
+            ),
+            "beta_regularizer": _serialize_optional(regularizers.serialize, self.beta_regularizer),
+            "gamma_regularizer": _serialize_optional(
+                regularizers.serialize, self.gamma_regularizer
+            ),
+            "beta_constraint": _serialize_optional(constraints.serialize, self.beta_constraint),
+            "gamma_constraint": _serialize_optional(constraints.serialize, self.gamma_constraint),
+        }
+        if self.fused is not None:
+            config["fused"] = self.fused
+        if self.moving_variance_correction is not None:
+            config["moving_variance_correction"] = self.moving_variance_correction
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> BatchNormalization:
+        """Rebuild a layer from :meth:`get_config` output (ours or tf_keras'); never runs code.
+
+        Raises:
+            BatchNormError: for keys this layer does not know.
+
+        Example:
+            >>> layer = BatchNormalization(momentum=0.9, gamma_regularizer="l2")
+            >>> BatchNormalization.from_config(layer.get_config()).get_config()["momentum"]
+            0.9
+        """
+        check(isinstance(config, dict), "config", type(config).__name__, "a dict")
+        known = set(_CONFIG_KEYS)
+        unknown = sorted(set(config) - known)
+        check(not unknown, "config keys", unknown, f"keys among {sorted(known)}")
+        return cls(**config)
+
+    # ------------------------------------------------------------------ state_dict
+    def get_extra_state(self) -> dict[str, Any]:
+        """Versioned build information saved in ``state_dict`` under ``_extra_state``."""
+        shape = None if self._build_input_shape is None else list(self._build_input_shape)
+        return {"format_version": _STATE_FORMAT_VERSION, "build_input_shape": shape}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Check the saved layout version; the weights themselves load as usual."""
+        check(
+            isinstance(state, dict) and state.get("format_version") == _STATE_FORMAT_VERSION,
+            "state_dict['_extra_state']",
+            state,
+            f"a dict with format_version {_STATE_FORMAT_VERSION}",
+        )
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Build an unbuilt layer from the saved build shape first, so loading can fill it."""
+        extra = state_dict.get(prefix + "_extra_state")
+        if not self.built and isinstance(extra, dict) and extra.get("build_input_shape"):
+            self.build(extra["build_input_shape"])
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        """Constructor arguments that differ from the defaults, for ``print(layer)``."""
+        parts = [f"name={self.name!r}", f"axis={self.axis}", f"momentum={self.momentum}"]
+        parts.append(f"epsilon={self.epsilon}")
+        if not self.center:
+            parts.append("center=False")
+        if not self.scale:
+            parts.append("scale=False")
+        if not self._trainable:
+            parts.append("trainable=False")
+        if self.fused is not None:
+            parts.append(f"fused={self.fused}")
+        return ", ".join(parts)
+
+
+def _serialize_optional(serialize: Callable[[Any], Any], value: Any) -> Any:
+    return None if value is None else serialize(value)
+
+
+_CONFIG_KEYS = (
+    "axis",
+    "momentum",
+    "epsilon",
+    "center",
+    "scale",
+    "beta_initializer",
+    "gamma_initializer",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+    "beta_regularizer",
+    "gamma_regularizer",
+    "beta_constraint",
+    "gamma_constraint",
+    "fused",
+    "trainable",
+    "name",
+    "moving_variance_correction",
+    "dtype",
+)
