@@ -47,8 +47,9 @@ class Config:
         x = torch.randn(self.shape, generator=generator, dtype=torch.float64)
         rank = len(self.shape)
         axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
-        keep = [self.shape[a % rank] if a % rank in [b % rank for b in axes] else 1
-                for a in range(rank)]
+        keep = [
+            self.shape[a % rank] if a % rank in [b % rank for b in axes] else 1 for a in range(rank)
+        ]
         offset = torch.rand(keep, generator=generator, dtype=torch.float64) * 6 - 3
         spread = torch.rand(keep, generator=generator, dtype=torch.float64) * 2.5 + 0.5
         x = (x * spread + offset).to(self.input_dtype)

@@ -44,11 +44,19 @@ def _state(config: Config, x: torch.Tensor, generator: torch.Generator):
 def _run(config, x, state, dy, *, training, fused):
     moving_mean, moving_variance, gamma, beta = state
     x = x.detach().clone().requires_grad_(True)
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None
-              for t in (gamma, beta)]
+    leaves = [
+        t.detach().clone().requires_grad_(True) if t is not None else None for t in (gamma, beta)
+    ]
     result = batch_norm(
-        x, moving_mean, moving_variance, *leaves, training=training, axis=config.axis,
-        momentum=config.momentum, epsilon=config.epsilon, fused=fused,
+        x,
+        moving_mean,
+        moving_variance,
+        *leaves,
+        training=training,
+        axis=config.axis,
+        momentum=config.momentum,
+        epsilon=config.epsilon,
+        fused=fused,
         # Explicit, because the default follows TensorFlow, whose choice depends on ``fused``.
         moving_variance_correction=len(config.shape) % 2 == 0,
     )
@@ -71,12 +79,15 @@ def test_fast_path_matches_reference_path(config, training, generator):
     if x.dim() >= 4 and x.is_contiguous(memory_format=_format(x)):
         assert fast.output.is_contiguous(memory_format=_format(x))
     torch.testing.assert_close(fast.output, ref.output, **tolerance(x.dtype))
-    assert fast.new_stats.keys() == ref.new_stats.keys() == (
-        {"moving_mean", "moving_variance"} if training else set()
+    assert (
+        fast.new_stats.keys()
+        == ref.new_stats.keys()
+        == ({"moving_mean", "moving_variance"} if training else set())
     )
     for key in fast.new_stats:
-        torch.testing.assert_close(fast.new_stats[key], ref.new_stats[key],
-                                   **tolerance(fast.new_stats[key].dtype))
+        torch.testing.assert_close(
+            fast.new_stats[key], ref.new_stats[key], **tolerance(fast.new_stats[key].dtype)
+        )
     grad_tol = tolerance(x.dtype if x.dtype != torch.float32 else torch.float32)
     for got, want in zip(fast_grads, ref_grads, strict=True):
         scale = want.abs().max().clamp(min=1).item()
@@ -91,7 +102,9 @@ def _format(x: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-GRADCHECK_CONFIGS = [c for c in CONFIGS if np.prod(c.shape) <= 400 and c.input_dtype == torch.float32]
+GRADCHECK_CONFIGS = [
+    c for c in CONFIGS if np.prod(c.shape) <= 400 and c.input_dtype == torch.float32
+]
 
 
 @pytest.mark.parametrize("fused", [None, False], ids=["fast", "reference"])
@@ -106,8 +119,17 @@ def test_gradcheck_float64(config, training, fused, generator):
         it = iter(params)
         g = next(it) if config.scale else None
         b = next(it) if config.center else None
-        return batch_norm(x, moving_mean, moving_variance, g, b, training=training,
-                          axis=config.axis, epsilon=config.epsilon, fused=fused).output
+        return batch_norm(
+            x,
+            moving_mean,
+            moving_variance,
+            g,
+            b,
+            training=training,
+            axis=config.axis,
+            epsilon=config.epsilon,
+            fused=fused,
+        ).output
 
     assert torch.autograd.gradcheck(f, (x, *leaves), eps=1e-6, atol=1e-5, rtol=1e-4)
 
@@ -130,11 +152,22 @@ def test_matches_torch_native_batch_norm(channels_last, generator):
     config = Config((6, 4, 5, 3), axis=1, channels_last=channels_last, momentum=0.7)
     x = config.make_input(generator)
     gamma, beta = torch.rand(4, generator=generator) + 0.5, torch.randn(4, generator=generator)
-    ours = batch_norm(x, torch.zeros(4), torch.ones(4), gamma, beta, training=True, axis=1,
-                      momentum=0.7, epsilon=1e-3, moving_variance_correction=True)
+    ours = batch_norm(
+        x,
+        torch.zeros(4),
+        torch.ones(4),
+        gamma,
+        beta,
+        training=True,
+        axis=1,
+        momentum=0.7,
+        epsilon=1e-3,
+        moving_variance_correction=True,
+    )
     running_mean, running_var = torch.zeros(4), torch.ones(4)
-    theirs = torch.nn.functional.batch_norm(x, running_mean, running_var, gamma, beta,
-                                            training=True, momentum=0.3, eps=1e-3)
+    theirs = torch.nn.functional.batch_norm(
+        x, running_mean, running_var, gamma, beta, training=True, momentum=0.3, eps=1e-3
+    )
     torch.testing.assert_close(ours.output, theirs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours.new_stats["moving_mean"], running_mean)
     torch.testing.assert_close(ours.new_stats["moving_variance"], running_var)
@@ -149,10 +182,19 @@ def test_moving_statistics_follow_the_update_rule_over_steps(correction, fused, 
     want_mean, want_var = np.zeros(4), np.ones(4)
     for step in range(5):
         x = torch.randn(shape, generator=generator) * (step + 1) + step
-        result = batch_norm(x, moving_mean, moving_variance, training=True, momentum=momentum,
-                            fused=fused, moving_variance_correction=correction)
-        moving_mean, moving_variance = (result.new_stats["moving_mean"],
-                                        result.new_stats["moving_variance"])
+        result = batch_norm(
+            x,
+            moving_mean,
+            moving_variance,
+            training=True,
+            momentum=momentum,
+            fused=fused,
+            moving_variance_correction=correction,
+        )
+        moving_mean, moving_variance = (
+            result.new_stats["moving_mean"],
+            result.new_stats["moving_variance"],
+        )
         xs = x.double().numpy().reshape(-1, 4)
         n = xs.shape[0]
         batch_var = xs.var(axis=0) * (n / (n - 1) if correction else 1.0)
@@ -188,8 +230,9 @@ def test_large_offset_keeps_variance_precise():
     x = (base + 1e4).float()
     want = x.double().var(dim=0, unbiased=False)
     for fused in (None, False):
-        result = batch_norm(x, torch.zeros(8), torch.ones(8), training=True, momentum=0.0,
-                            fused=fused)
+        result = batch_norm(
+            x, torch.zeros(8), torch.ones(8), training=True, momentum=0.0, fused=fused
+        )
         got = result.new_stats["moving_variance"].double()
         torch.testing.assert_close(got, want, rtol=1e-5, atol=0)
 

@@ -1,4 +1,4 @@
-"""batchnorm: TensorFlow/Keras ``BatchNormalization``, complete and numerically faithful, in PyTorch.
+"""batchnorm: TensorFlow/Keras ``BatchNormalization``, complete and faithful, in PyTorch.
 
 Example:
     >>> import torch
@@ -6,6 +6,7 @@ Example:
     >>> layer = bn.BatchNormalization(axis=1)
     >>> layer(torch.randn(4, 3, 8, 8)).shape
     torch.Size([4, 3, 8, 8])
+
 """
 
 from batchnorm import constraints, functional, initializers, regularizers

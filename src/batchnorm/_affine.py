@@ -92,13 +92,16 @@ def ema_update(moving: torch.Tensor, value: torch.Tensor, momentum: float) -> to
 
     Equal to ``moving * momentum + value * (1 - momentum)``; this is the form tf_keras evaluates,
     so float32 results agree with it to the last bit. ``momentum=1`` freezes, ``0`` copies.
+    Like TensorFlow, ``1 - momentum`` is rounded to float32 first, also for float64 statistics
+    (tf_keras converts the Python float to a float32 tensor before casting it).
 
     Example:
-        >>> ema_update(torch.tensor(0.0), torch.tensor(10.0), 0.9).item()
-        1.0
+        >>> ema_update(torch.tensor(0.0), torch.tensor(10.0), 0.5).item()
+        5.0
 
     """
-    return moving - (moving - value) * (1.0 - momentum)
+    decay = torch.tensor(1.0 - momentum, dtype=torch.float32).item()
+    return moving - (moving - value) * decay
 
 
 def bessel_factor(count: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,10 @@
 
 The passes are named by role, as PyTorch names its SyncBatchNorm kernels:
 
-1. :func:`batch_moments` (stats): mean, then biased variance of the centred input; no graph.
-2. :class:`NormalizeApply` forward (apply): ``y = x * (invstd * A) + (B - mean * invstd * A)``
-   in one elementwise pass, where ``y = x_hat * A + B`` and ``A``, ``B`` are per-channel.
+1. :func:`stats_pass` (stats): mean, then biased variance of the centred input; no graph.
+2. :class:`NormalizeApply` forward (apply): ``y = (x - mean) * (invstd * A) + B`` in one
+   elementwise pass over the centred input the stats pass leaves behind; ``y = x_hat * A + B``
+   with per-channel ``A`` and ``B``.
 3. backward reduce: ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel.
 4. backward apply: ``dx = A * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n)``.
 
@@ -29,7 +30,7 @@ from torch.autograd.function import once_differentiable
 from batchnorm._moments import accumulation_dtype
 from batchnorm._types import Moments
 
-__all__ = ["NormalizeApply", "batch_moments", "channel_sum", "channel_sum_of_squares"]
+__all__ = ["NormalizeApply", "channel_sum", "channel_sum_of_squares", "stats_pass"]
 
 
 def _block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
@@ -87,15 +88,18 @@ def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor
     return torch.linalg.vector_norm(view[:, :, 0], dim=0).square().view(keep)
 
 
-def batch_moments(x: torch.Tensor, axes: Sequence[int]) -> Moments:
-    """The stats pass: count, mean and biased variance per channel, two-pass, without a graph.
+def stats_pass(x: torch.Tensor, axes: Sequence[int]) -> tuple[Moments, torch.Tensor]:
+    """The stats pass: per-channel count, mean and biased variance, two-pass, without a graph.
 
-    Matches :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
+    Returns the moments and the centred input ``x - mean`` (in the accumulation dtype and
+    ``x``'s memory format), which :class:`NormalizeApply` takes as its workspace: the output is
+    written over it, so the forward allocates one full-size tensor in all. Matches
+    :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
 
     Example:
-        >>> moments = batch_moments(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
-        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist()
-        ([[2.0, 20.0]], [[1.0, 100.0]])
+        >>> moments, centered = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
+        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist(), centered.tolist()
+        ([[2.0, 20.0]], [[1.0, 100.0]], [[-1.0, -10.0], [1.0, 10.0]])
 
     """
     with torch.no_grad():
@@ -103,25 +107,34 @@ def batch_moments(x: torch.Tensor, axes: Sequence[int]) -> Moments:
         xs = x.to(acc)
         count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
         mean = channel_sum(xs, axes) / count
-        var = channel_sum_of_squares(xs - mean, axes) / count
-    return Moments(count=torch.tensor(float(count), dtype=acc, device=x.device), mean=mean, var=var)
+        centered = xs - mean
+        var = channel_sum_of_squares(centered, axes) / count
+    count_tensor = torch.tensor(float(count), dtype=acc, device=x.device)
+    return Moments(count=count_tensor, mean=mean, var=var), centered
 
 
 class NormalizeApply(torch.autograd.Function):
-    """``y = (x - mean) * invstd * scale + shift`` with the batch-norm gradient.
+    """``y = (x - mean) * (invstd * scale) + shift`` with the batch-norm gradient.
 
-    ``mean`` and ``invstd`` must be the batch moments of ``x`` over all dimensions but ``axes``
-    (from :func:`batch_moments`): the backward differentiates through them as functions of
-    ``x``, which is what makes this batch norm rather than a fixed affine map. ``scale`` and
-    ``shift`` are per-channel and receive ``sum(dy * x_hat)`` and ``sum(dy)``.
+    ``mean`` and ``invstd`` must be the batch moments of ``x`` over all dimensions but ``axes``,
+    and ``centered`` must be ``x - mean`` (both from :func:`stats_pass`): the backward
+    differentiates through the moments as functions of ``x``, which is what makes this batch
+    norm rather than a fixed affine map. ``scale`` and ``shift`` are per-channel and receive
+    ``sum(dy * x_hat)`` and ``sum(dy)``. When ``centered`` has ``x``'s dtype the output is
+    written over it (it is marked dirty and returned).
+
+    Numerics:
+        The centred form has no cancellation: TensorFlow's ``x * a + (beta - mean * a)`` loses
+        ``|x| * eps`` when the mean is large against the spread, this form does not.
 
     Not twice differentiable (``once_differentiable``); the reference path is.
 
     Example:
         >>> x = torch.tensor([[1.0], [3.0]], requires_grad=True)
-        >>> moments = batch_moments(x, [1])
+        >>> moments, centered = stats_pass(x, [1])
         >>> one, zero = torch.ones(1, 1), torch.zeros(1, 1)
-        >>> y = NormalizeApply.apply(x, moments.mean, torch.rsqrt(moments.var), one, zero, (1,))
+        >>> invstd = torch.rsqrt(moments.var)
+        >>> y = NormalizeApply.apply(x, centered, moments.mean, invstd, one, zero, (1,))
         >>> y.flatten().round(decimals=4).tolist()
         [-1.0, 1.0]
 
@@ -131,21 +144,22 @@ class NormalizeApply(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
+        centered: torch.Tensor,
         mean: torch.Tensor,
         invstd: torch.Tensor,
         scale: torch.Tensor,
         shift: torch.Tensor,
         axes: tuple[int, ...],
     ) -> torch.Tensor:
-        """The apply pass: one multiply-add over ``x``."""
-        acc = mean.dtype
-        x_scale = invstd * scale
-        x_shift = shift - mean * x_scale
-        y = torch.addcmul(x_shift, x.to(acc), x_scale)
+        """The apply pass: one multiply-add over the centred input."""
         ctx.save_for_backward(x, mean, invstd, scale)
         ctx.axes = axes
-        ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[3], ctx.needs_input_grad[4])
-        return y.to(x.dtype)
+        ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
+        x_scale = invstd * scale
+        if centered.dtype == x.dtype:
+            ctx.mark_dirty(centered)
+            return torch.addcmul(shift, centered, x_scale, out=centered)
+        return torch.addcmul(shift, centered, x_scale).to(x.dtype)
 
     @staticmethod
     @once_differentiable
@@ -170,4 +184,4 @@ class NormalizeApply(torch.autograd.Function):
             dx = torch.addcmul(constant, centered, centered_coef).addcmul_(dy, k).to(x.dtype)
         elif need_x:
             dx = torch.zeros_like(x)
-        return dx, None, None, dscale, dshift, None
+        return dx, None, None, None, dscale, dshift, None

@@ -19,7 +19,7 @@ from batchnorm._affine import (
 )
 from batchnorm._axes import AxisArgument, ChannelLayout
 from batchnorm._errors import check, check_epsilon, check_momentum, check_optional_bool
-from batchnorm._kernels import NormalizeApply, batch_moments
+from batchnorm._kernels import NormalizeApply, stats_pass
 from batchnorm._moments import accumulation_dtype
 from batchnorm._reference import reference_moments, reference_normalize_apply
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
@@ -169,23 +169,20 @@ def batch_norm(
         return BatchNormResult(y, {})
 
     if layout.reduced_count == 0:
-        # An empty batch: no statistics to learn from. Normalise with (0, 0) so the output and
-        # gradients are empty and finite, and leave the moving statistics alone.
+        # An empty batch: nothing to learn from. The output is empty; gradients are zeros (the
+        # normalisation runs with moments (0, 0)); the moving statistics are left alone.
         zeros = torch.zeros_like(mean_b)
-        moments = Moments(count=torch.zeros((), dtype=acc), mean=zeros, var=zeros)
-    elif fast:
-        moments = batch_moments(x, layout.axes)
+        empty = Moments(count=torch.zeros((), dtype=acc), mean=zeros, var=zeros)
+        y = reference_normalize_apply(x, empty, invstd(zeros, epsilon), output_affine)
+        return BatchNormResult(y, {})
+    if fast:
+        moments, centered = stats_pass(x, layout.axes)
+        inv = invstd(moments.var, epsilon)
+        scale, shift = output_affine
+        y = NormalizeApply.apply(x, centered, moments.mean, inv, scale, shift, layout.axes)
     else:
         moments = reference_moments(x, layout.axes)
-    inv = invstd(moments.var, epsilon)
-    if fast:
-        y = NormalizeApply.apply(
-            x, moments.mean, inv, output_affine.scale, output_affine.shift, layout.axes
-        )
-    else:
-        y = reference_normalize_apply(x, moments, inv, output_affine)
-    if layout.reduced_count == 0:
-        return BatchNormResult(y, {})
+        y = reference_normalize_apply(x, moments, invstd(moments.var, epsilon), output_affine)
 
     if moving_variance_correction is None:
         moving_variance_correction = tensorflow_runs_fused_kernel(
