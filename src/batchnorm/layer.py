@@ -46,7 +46,9 @@ _layer_counter = itertools.count()
 def _resolve_dtype(dtype: Any) -> tuple[str, torch.dtype, torch.dtype | None]:
     """Keras dtype or policy -> (name, variable dtype, compute dtype or None for the input's).
 
-    16-bit layers keep float32 variables and compute in their 16-bit type, as tf_keras does.
+    16-bit layers keep float32 variables and compute in their 16-bit type, and float64 layers
+    compute in float64, as tf_keras does. A float32 layer keeps the input's floating dtype
+    (PyTorch's habit; tf_keras would cast a float16 input up to float32).
     """
     if isinstance(dtype, dict):  # a Keras DTypePolicy config
         dtype = dtype.get("config", {}).get("name", dtype)
@@ -61,7 +63,7 @@ def _resolve_dtype(dtype: Any) -> tuple[str, torch.dtype, torch.dtype | None]:
         name = str(resolved).removeprefix("torch.")
         if resolved in (torch.float16, torch.bfloat16):
             return name, torch.float32, resolved
-        return name, resolved, None
+        return name, resolved, resolved if resolved == torch.float64 else None
     expected = "a floating torch.dtype or one of " + ", ".join(
         sorted([*_DTYPE_NAMES, *_MIXED_POLICIES])
     )
@@ -115,7 +117,8 @@ class BatchNormalization(nn.Module):
         input_shape: Input shape without the batch axis; builds the weights at once.
             Otherwise they are built at the first call (create optimizers after that call).
         dtype: Variable dtype or Keras policy: ``"float32"`` (default), ``"float64"``,
-            ``"float16"``/``"bfloat16"`` (float32 variables, 16-bit compute and output),
+            ``"float16"``/``"bfloat16"`` (float32 variables, 16-bit compute and output; the
+            input is cast), ``"float64"`` (float64 variables; the input is cast),
             ``"mixed_float16"``/``"mixed_bfloat16"``, or a ``torch.dtype``.
         device: Where to build the weights; default the first input's device.
 
@@ -131,6 +134,7 @@ class BatchNormalization(nn.Module):
         [(3,), (3,), (3,), (3,)]
         >>> layer.eval()(x).shape            # inference: the moving statistics
         torch.Size([8, 3, 4, 4])
+
     """
 
     _version = _STATE_FORMAT_VERSION
@@ -229,6 +233,7 @@ class BatchNormalization(nn.Module):
             >>> layer.build((None, 3, 5, 2))
             >>> tuple(layer.gamma.shape)
             (1, 3, 1, 2)
+
         """
         check(not self.built, "build", tuple(input_shape), "a layer that is not built yet")
         shape = tuple(None if size is None else int(size) for size in input_shape)
@@ -276,10 +281,9 @@ class BatchNormalization(nn.Module):
         Raises:
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer; weights and statistics are left unchanged.
+
         """
-        check(
-            isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor"
-        )
+        check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
         training = self._resolve_training(training)
         if self._layout is not None:
             self._layout.with_batch(inputs.shape)
@@ -396,6 +400,7 @@ class BatchNormalization(nn.Module):
             >>> layer = BatchNormalization(center=False, input_shape=(3,))
             >>> [w.tolist() for w in layer.get_weights()]
             [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+
         """
         self._require_built("get_weights()")
         return [t.detach().cpu().numpy().copy() for t in self.weights]
@@ -411,6 +416,7 @@ class BatchNormalization(nn.Module):
             >>> layer.set_weights([[2.0, 2.0], [0.0, 1.0], [0.5, 0.5], [4.0, 4.0]])
             >>> layer.moving_variance.tolist()
             [4.0, 4.0]
+
         """
         self._require_built("set_weights()")
         named = self._named_weights()
@@ -440,6 +446,7 @@ class BatchNormalization(nn.Module):
         Example:
             >>> BatchNormalization(input_shape=(5,)).count_params()
             20
+
         """
         self._require_built("count_params()")
         return sum(t.numel() for t in self.weights)
@@ -450,8 +457,9 @@ class BatchNormalization(nn.Module):
 
         Example:
             >>> layer = BatchNormalization(gamma_regularizer="l2", input_shape=(4,))
-            >>> [round(float(loss), 4) for loss in layer.losses]
+            >>> [round(loss.item(), 4) for loss in layer.losses]
             [0.04]
+
         """
         penalties = []
         if self.gamma is not None and self.gamma_regularizer is not None:
@@ -472,6 +480,7 @@ class BatchNormalization(nn.Module):
             >>> layer.apply_constraints()
             >>> layer.gamma.tolist()
             [0.0, 2.0, 0.0]
+
         """
         pairs = ((self.gamma, self.gamma_constraint), (self.beta, self.beta_constraint))
         with torch.no_grad():
@@ -485,6 +494,7 @@ class BatchNormalization(nn.Module):
         Example:
             >>> BatchNormalization().compute_output_shape((None, 4))
             (None, 4)
+
         """
         return tuple(input_shape)
 
@@ -504,6 +514,7 @@ class BatchNormalization(nn.Module):
             >>> config = BatchNormalization(axis=1, name="bn").get_config()
             >>> config["axis"], config["momentum"], config["gamma_initializer"]["class_name"]
             (1, 0.99, 'Ones')
+
         """
         axis: Any = self.axis if isinstance(self.axis, int) else list(self.axis)
         if self._layout is not None:
@@ -520,9 +531,7 @@ class BatchNormalization(nn.Module):
             "beta_initializer": initializers.serialize(self.beta_initializer),
             "gamma_initializer": initializers.serialize(self.gamma_initializer),
             "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
-            "moving_variance_initializer": initializers.serialize(
-                self.moving_variance_initializer
-            ),
+            "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
             "beta_regularizer": _serialize_optional(regularizers.serialize, self.beta_regularizer),
             "gamma_regularizer": _serialize_optional(
                 regularizers.serialize, self.gamma_regularizer
@@ -547,6 +556,7 @@ class BatchNormalization(nn.Module):
             >>> layer = BatchNormalization(momentum=0.9, gamma_regularizer="l2")
             >>> BatchNormalization.from_config(layer.get_config()).get_config()["momentum"]
             0.9
+
         """
         check(isinstance(config, dict), "config", type(config).__name__, "a dict")
         known = set(_CONFIG_KEYS)
