@@ -173,15 +173,16 @@ class NormalizeApply(torch.autograd.Function):
         count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
         centered = x.to(acc) - mean
         sum_dy = channel_sum(dy, axes)
-        sum_dy_centered = channel_sum(centered * dy, axes)
+        workspace = centered * dy
+        sum_dy_centered = channel_sum(workspace, axes)
         dscale = sum_dy_centered * invstd if need_scale else None
         dshift = sum_dy if need_shift else None
         dx = None
-        if need_x and count > 0:
+        if need_x:
+            # dx = k * dy + centered_coef * (x - mean) + constant, written over the workspace.
             k = scale * invstd
             centered_coef = -k * invstd * invstd * sum_dy_centered / count
             constant = -k * sum_dy / count
-            dx = torch.addcmul(constant, centered, centered_coef).addcmul_(dy, k).to(x.dtype)
-        elif need_x:
-            dx = torch.zeros_like(x)
+            dx = torch.addcmul(constant, centered, centered_coef, out=workspace)
+            dx = dx.addcmul_(dy, k).to(x.dtype)
         return dx, None, None, None, dscale, dshift, None
