@@ -16,6 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "batchnorm"
 LAYERS = {
     "_errors": 0,
     "_types": 0,
+    "_registry": 0,
     "_axes": 1,
     "_moments": 1,
     "_affine": 1,

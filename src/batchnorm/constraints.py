@@ -57,7 +57,7 @@ from torch.utils.hooks import RemovableHandle
 
 from batchnorm._axes import validate_axis_argument
 from batchnorm._errors import check
-from batchnorm.initializers import _Configurable, _float, _Registry
+from batchnorm._registry import Configurable, Registry, checked_float
 
 __all__ = [
     "Constraint",
@@ -76,7 +76,7 @@ __all__ = [
 _EPSILON = 1e-7
 
 
-class Constraint(_Configurable, ABC):
+class Constraint(Configurable, ABC):
     """Base class: ``constraint(w) -> torch.Tensor``, a new projected tensor, with a Keras config.
 
     Example:
@@ -177,7 +177,9 @@ class MaxNorm(_NormConstraint):
     """
 
     def __init__(self, max_value: float = 2.0, axis: int | Sequence[int] = 0) -> None:
-        self.max_value = _float("max_value", max_value, "a finite float >= 0", lambda v: v >= 0)
+        self.max_value = checked_float(
+            "max_value", max_value, "a finite float >= 0", lambda v: v >= 0
+        )
         self.axis = validate_axis_argument(axis)
 
     def _project(self, w: torch.Tensor) -> torch.Tensor:
@@ -216,14 +218,16 @@ class MinMaxNorm(_NormConstraint):
         rate: float = 1.0,
         axis: int | Sequence[int] = 0,
     ) -> None:
-        self.min_value = _float("min_value", min_value, "a finite float >= 0", lambda v: v >= 0)
-        self.max_value = _float(
+        self.min_value = checked_float(
+            "min_value", min_value, "a finite float >= 0", lambda v: v >= 0
+        )
+        self.max_value = checked_float(
             "max_value",
             max_value,
             f"a finite float >= min_value={self.min_value}",
             lambda v: v >= self.min_value,
         )
-        self.rate = _float("rate", rate, "a finite float in [0, 1]", lambda v: 0 <= v <= 1)
+        self.rate = checked_float("rate", rate, "a finite float in [0, 1]", lambda v: 0 <= v <= 1)
         self.axis = validate_axis_argument(axis)
 
     def _project(self, w: torch.Tensor) -> torch.Tensor:
@@ -232,7 +236,7 @@ class MinMaxNorm(_NormConstraint):
         return w * (desired / (_EPSILON + norms))
 
 
-_REGISTRY = _Registry(
+_REGISTRY = Registry(
     "constraint",
     Constraint,
     {"non_neg": NonNeg, "unit_norm": UnitNorm, "max_norm": MaxNorm, "min_max_norm": MinMaxNorm},

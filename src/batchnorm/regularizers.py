@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from batchnorm._errors import check
-from batchnorm.initializers import _Configurable, _float, _Registry
+from batchnorm._registry import Configurable, Registry, checked_float
 
 __all__ = ["L1", "L1L2", "L2", "Regularizer", "deserialize", "get", "serialize"]
 
@@ -44,10 +44,10 @@ _FACTOR = "a finite float >= 0"
 
 def _factor(argument: str, value: Any) -> float:
     """A regularization factor: a finite, non-negative real, as a float."""
-    return _float(argument, value, _FACTOR, lambda v: v >= 0)
+    return checked_float(argument, value, _FACTOR, lambda v: v >= 0)
 
 
-class Regularizer(_Configurable, ABC):
+class Regularizer(Configurable, ABC):
     """Base class: ``regularizer(weight) -> 0-d tensor`` penalty, with a Keras config.
 
     Example:
@@ -138,7 +138,7 @@ class L1L2(Regularizer):
         return penalty
 
 
-_REGISTRY = _Registry(
+_REGISTRY = Registry(
     "regularizer",
     Regularizer,
     {"l1": L1, "l2": L2, "l1_l2": L1L2},
