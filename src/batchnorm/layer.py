@@ -8,7 +8,7 @@ lives in the functional and the modules below it; this file holds the Keras laye
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -528,16 +528,15 @@ class BatchNormalization(nn.Module):
             "epsilon": self.epsilon,
             "center": self.center,
             "scale": self.scale,
-            "beta_initializer": initializers.serialize(self.beta_initializer),
-            "gamma_initializer": initializers.serialize(self.gamma_initializer),
-            "moving_mean_initializer": initializers.serialize(self.moving_mean_initializer),
-            "moving_variance_initializer": initializers.serialize(self.moving_variance_initializer),
-            "beta_regularizer": _serialize_optional(regularizers.serialize, self.beta_regularizer),
-            "gamma_regularizer": _serialize_optional(
-                regularizers.serialize, self.gamma_regularizer
-            ),
-            "beta_constraint": _serialize_optional(constraints.serialize, self.beta_constraint),
-            "gamma_constraint": _serialize_optional(constraints.serialize, self.gamma_constraint),
+            **{
+                name: registry.serialize(getattr(self, name), argument=name)
+                for registry, names in (
+                    (initializers, _INITIALIZER_ARGUMENTS),
+                    (regularizers, ("beta_regularizer", "gamma_regularizer")),
+                    (constraints, ("beta_constraint", "gamma_constraint")),
+                )
+                for name in names
+            },
         }
         if self.fused is not None:
             config["fused"] = self.fused
@@ -612,10 +611,12 @@ class BatchNormalization(nn.Module):
         return ", ".join(parts)
 
 
-def _serialize_optional(serialize: Callable[[Any], Any], value: Any) -> Any:
-    return None if value is None else serialize(value)
-
-
+_INITIALIZER_ARGUMENTS = (
+    "beta_initializer",
+    "gamma_initializer",
+    "moving_mean_initializer",
+    "moving_variance_initializer",
+)
 _CONFIG_KEYS = (
     "axis",
     "momentum",
