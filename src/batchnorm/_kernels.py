@@ -71,7 +71,7 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
 
 
 def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
-    """Sum of ``t ** 2`` over every dimension but ``axes``, without a squared temporary.
+    """Sum of ``t ** 2`` over every dimension but ``axes``; no temporary when rows are long.
 
     Example:
         >>> channel_sum_of_squares(torch.full((2, 3), 2.0), [1]).flatten().round().tolist()
@@ -85,7 +85,10 @@ def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor
         return torch.linalg.vector_norm(t, dim=reduce_dims, keepdim=True).square()
     if view.shape[2] > 1:
         return torch.linalg.vector_norm(view, dim=2).square().sum(dim=0).view(keep)
-    return torch.linalg.vector_norm(view[:, :, 0], dim=0).square().view(keep)
+    # Channels innermost: torch's norm along a strided dimension is ~20x slower than a sum, so
+    # square into a temporary and take the fast column sum.
+    columns = view[:, :, 0]
+    return (columns * columns).sum(dim=0).view(keep)
 
 
 def stats_pass(x: torch.Tensor, axes: Sequence[int]) -> tuple[Moments, torch.Tensor]:
