@@ -9,6 +9,8 @@ The passes are named by role, as PyTorch names its SyncBatchNorm kernels:
 3. backward reduce: ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel.
 4. backward apply: ``dx = A * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n)``.
 
+Passes 3 and 4 are ATen's ``native_batch_norm_backward`` wherever the layout fits.
+
 Only ``x`` and per-channel vectors are saved for backward. ``A`` and ``B`` are ordinary tensors
 built by autograd from gamma, beta and whatever variant composes into them (see
 :mod:`batchnorm._affine`), so this module never changes when a variant is added: the function
@@ -33,11 +35,20 @@ from batchnorm._types import Moments
 __all__ = ["NormalizeApply", "channel_sum", "channel_sum_of_squares", "stats_pass"]
 
 
+def _memory_order(t: torch.Tensor) -> list[int]:
+    """Dimensions of ``t`` from outermost to innermost in memory (ties keep logical order)."""
+    return sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+
+
 def _block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
-    """``t`` as ``(outer, channels, inner)`` in memory order, or None if no such view exists."""
+    """``t`` as ``(outer, channels, inner)`` in memory order, or None if no such view exists.
+
+    It exists when ``t`` is dense and the kept ``axes`` are adjacent in memory, in ascending
+    order: NCHW and channels_last inputs, and every contiguous input with one kept axis.
+    """
     if t.numel() == 0:
         return None
-    order = sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+    order = _memory_order(t)
     in_memory_order = t.permute(order)
     if not in_memory_order.is_contiguous():
         return None
@@ -47,6 +58,13 @@ def _block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
         return None
     sizes = in_memory_order.shape
     return in_memory_order.view(prod(sizes[:first]), prod(sizes[first : last + 1]), -1)
+
+
+def _from_block_view(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`_block_view`: ``block`` reshaped to ``like``'s shape and strides."""
+    order = _memory_order(like)
+    in_memory_order = block.reshape([like.shape[d] for d in order])
+    return in_memory_order.permute([order.index(d) for d in range(like.dim())])
 
 
 def _keep_shape(t: torch.Tensor, axes: Sequence[int]) -> tuple[int, ...]:
@@ -167,25 +185,94 @@ class NormalizeApply(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor):  # type: ignore[override]
-        """Backward reduce, then backward apply."""
+        """Backward reduce, then backward apply: ATen's kernel where the layout fits."""
         x, mean, invstd, scale = ctx.saved_tensors
-        axes = ctx.axes
         need_x, need_scale, need_shift = ctx.needs
-        acc = mean.dtype
-        dy = dy.to(acc)
-        count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
-        centered = x.to(acc) - mean
-        sum_dy = channel_sum(dy, axes)
-        workspace = centered * dy
-        sum_dy_centered = channel_sum(workspace, axes)
-        dscale = sum_dy_centered * invstd if need_scale else None
-        dshift = sum_dy if need_shift else None
-        dx = None
-        if need_x:
-            # dx = k * dy + centered_coef * (x - mean) + constant, written over the workspace.
-            k = scale * invstd
-            centered_coef = -k * invstd * invstd * sum_dy_centered / count
-            constant = -k * sum_dy / count
-            dx = torch.addcmul(constant, centered, centered_coef, out=workspace)
-            dx = dx.addcmul_(dy, k).to(x.dtype)
-        return dx, None, None, None, dscale, dshift, None
+        native = _native_backward(x, dy, mean, invstd, scale, ctx.axes, ctx.needs)
+        dx, dscale, dshift = native or _composite_backward(x, dy, mean, invstd, scale, ctx.axes)
+        return (
+            dx if need_x else None,
+            None,
+            None,
+            None,
+            dscale if need_scale else None,
+            dshift if need_shift else None,
+            None,
+        )
+
+
+def _native_backward(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    scale: torch.Tensor,
+    axes: tuple[int, ...],
+    needs: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """``aten.native_batch_norm_backward`` over the ``(outer, channels, inner)`` view of ``x``.
+
+    ATen's kernel computes exactly our backward given ``save_mean = mean``,
+    ``save_invstd = invstd`` and ``weight = scale``: ``dx``, ``sum(dy * x_hat)``, ``sum(dy)``,
+    with ``x - mean`` formed before the products (no cancellation). None when ``x`` has no
+    block view (kept axes apart in memory, or not dense).
+    """
+    block = _block_view(x, axes)
+    if block is None:
+        return None
+    if dy.stride() != x.stride():
+        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
+    dy_block = _block_view(dy, axes)
+    if dy_block is None:
+        return None
+    if block.shape[2] == 1:  # channels innermost: ATen's (N, C) kernel
+        block, dy_block = block[:, :, 0], dy_block[:, :, 0]
+    dx, dscale, dshift = torch.ops.aten.native_batch_norm_backward(
+        dy_block,
+        block,
+        scale.reshape(-1),
+        None,
+        None,
+        mean.reshape(-1),
+        invstd.reshape(-1),
+        True,
+        0.0,
+        list(needs),
+    )
+    keep = mean.shape
+    return (
+        _from_block_view(dx, x) if dx is not None else None,
+        dscale.view(keep) if dscale is not None else None,
+        dshift.view(keep) if dshift is not None else None,
+    )
+
+
+def _composite_backward(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    scale: torch.Tensor,
+    axes: tuple[int, ...],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    r"""The same backward in torch ops, for layouts ATen's kernel cannot take.
+
+    .. math::
+
+        dB = \sum dy, \quad dA = \sum dy \hat{x}, \quad
+        dx = A \sigma^{-1} (dy - dB / n - \hat{x}\, dA / n)
+    """
+    acc = mean.dtype
+    dy = dy.to(acc)
+    count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
+    centered = x.to(acc) - mean
+    sum_dy = channel_sum(dy, axes)
+    workspace = centered * dy
+    sum_dy_centered = channel_sum(workspace, axes)
+    # dx = k * dy + centered_coef * (x - mean) + constant, written over the workspace.
+    k = scale * invstd
+    centered_coef = -k * invstd * invstd * sum_dy_centered / count
+    constant = -k * sum_dy / count
+    dx = torch.addcmul(constant, centered, centered_coef, out=workspace)
+    dx = dx.addcmul_(dy, k).to(x.dtype)
+    return dx, sum_dy_centered * invstd, sum_dy
