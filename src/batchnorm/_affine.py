@@ -10,9 +10,12 @@ Nothing here mutates its arguments or knows about modules.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 import torch
 
-from batchnorm._types import Affine
+from batchnorm._types import Affine, Moments
 
 __all__ = [
     "bessel_factor",
@@ -21,6 +24,8 @@ __all__ = [
     "gamma_beta_affine",
     "inference_affine",
     "invstd",
+    "renorm_correction",
+    "updated_statistics",
 ]
 
 
@@ -115,3 +120,116 @@ def bessel_factor(count: torch.Tensor) -> torch.Tensor:
 
     """
     return count / torch.clamp(count - 1, min=1)
+
+
+def _clip_value(value: object, like: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def renorm_correction(
+    batch: Moments,
+    epsilon: float,
+    renorm_mean: torch.Tensor,
+    renorm_stddev: torch.Tensor,
+    clipping: Mapping[str, object],
+) -> Affine:
+    r"""Batch Renormalization's ``r`` and ``d`` (Ioffe, 2017), as tf_keras computes them.
+
+    .. math::
+
+        s = \sqrt{\sigma^2 + \epsilon}, \quad \hat{s} = \max(\text{renorm\_stddev}, \sqrt\epsilon),
+        \quad r = \operatorname{clip}_{[r_{min}, r_{max}]}(s / \hat{s}), \quad
+        d = \operatorname{clip}_{[-d_{max}, d_{max}]}((\mu - \text{renorm\_mean}) / \hat{s})
+
+    from the renorm statistics *before* this step's update. ``r`` is clipped with ``rmin``
+    first, then ``rmax``; a missing key means no clip. Both are constants for autograd
+    (``stop_gradient`` in TensorFlow). Composed innermost: ``x_hat * r + d``.
+
+    Example:
+        >>> batch = Moments(torch.tensor(4.0), torch.tensor([1.0]), torch.tensor([4.0]))
+        >>> rd = renorm_correction(batch, 0.0, torch.tensor([0.0]), torch.tensor([1.0]),
+        ...                        {"rmax": 1.5})
+        >>> rd.scale.tolist(), rd.shift.tolist()
+        ([1.5], [1.0])
+    """
+    with torch.no_grad():
+        stddev = torch.sqrt(batch.var + epsilon)
+        floor = torch.clamp(renorm_stddev.to(stddev), min=math.sqrt(epsilon))
+        r = stddev / floor
+        d = (batch.mean - renorm_mean.to(stddev)) / floor
+        if "rmin" in clipping:
+            r = torch.maximum(r, _clip_value(clipping["rmin"], r))
+        if "rmax" in clipping:
+            r = torch.minimum(r, _clip_value(clipping["rmax"], r))
+        if "dmax" in clipping:
+            dmax = _clip_value(clipping["dmax"], d)
+            d = torch.minimum(torch.maximum(d, -dmax), dmax)
+    return Affine(r, d)
+
+
+def updated_statistics(
+    state: Mapping[str, torch.Tensor],
+    batch: Moments,
+    *,
+    momentum: float,
+    epsilon: float,
+    variance_correction: bool,
+    renorm_momentum: float | None = None,
+    zero_debias: bool = False,
+) -> dict[str, torch.Tensor]:
+    r"""The moving statistics after one training step on ``batch`` (per channel, state-shaped).
+
+    ``state`` holds TensorFlow's variables by name; the result holds the new value of each one
+    this step changes. With ``EMA(v, u, m) = v - (v - u)(1 - m)``:
+
+    - ``moving_mean = EMA(moving_mean, mean, momentum)``; with ``zero_debias`` (tf-slim)
+      ``moving_mean_biased = EMA(moving_mean_biased, mean, momentum)``, ``local_step += 1`` and
+      ``moving_mean = moving_mean_biased / (1 - momentum ** local_step)``.
+    - without renorm: ``moving_variance = EMA(moving_variance, c * var, momentum)``, where
+      ``c = n / max(n - 1, 1)`` if ``variance_correction`` else 1.
+    - with renorm (``renorm_momentum`` given), ``s = sqrt(var + epsilon)``:
+      ``moving_stddev = EMA(moving_stddev, s, momentum)``,
+      ``moving_variance = max(moving_stddev ** 2 - epsilon, 0)``,
+      ``renorm_mean = EMA(renorm_mean, mean, renorm_momentum)``,
+      ``renorm_stddev = EMA(renorm_stddev, s, renorm_momentum)``.
+
+    A channel with no data (count 0: an empty batch, all weights or mask zero) keeps every
+    statistic; ``local_step`` still counts the step.
+
+    Example:
+        >>> state = {"moving_mean": torch.zeros(1), "moving_variance": torch.ones(1)}
+        >>> batch = Moments(torch.tensor(2.0), torch.tensor([4.0]), torch.tensor([2.0]))
+        >>> new = updated_statistics(state, batch, momentum=0.5, epsilon=0.0,
+        ...                          variance_correction=True)
+        >>> new["moving_mean"].tolist(), new["moving_variance"].tolist()
+        ([2.0], [2.5])
+    """
+    mean = batch.mean.to(state["moving_mean"])
+    var = batch.var.to(state["moving_variance"])
+    new: dict[str, torch.Tensor] = {}
+    if zero_debias:
+        biased = ema_update(state["moving_mean_biased"], mean, momentum)
+        step = state["local_step"] + 1
+        # tf.train's zero debiasing: the bias factor 1 - (1 - decay) ** step, in float32.
+        decay = torch.tensor(1.0 - momentum, dtype=torch.float32)
+        bias_factor = 1.0 - (1.0 - decay) ** step.to(torch.float32)
+        new["moving_mean_biased"] = biased
+        new["moving_mean"] = biased / bias_factor.to(biased)
+    else:
+        new["moving_mean"] = ema_update(state["moving_mean"], mean, momentum)
+    if renorm_momentum is not None:
+        stddev = torch.sqrt(var + epsilon)
+        moving_stddev = ema_update(state["moving_stddev"], stddev, momentum)
+        new["moving_stddev"] = moving_stddev
+        new["moving_variance"] = torch.clamp(moving_stddev * moving_stddev - epsilon, min=0.0)
+        new["renorm_mean"] = ema_update(state["renorm_mean"], mean, renorm_momentum)
+        new["renorm_stddev"] = ema_update(state["renorm_stddev"], stddev, renorm_momentum)
+    else:
+        if variance_correction:
+            var = var * bessel_factor(batch.count.to(var))
+        new["moving_variance"] = ema_update(state["moving_variance"], var, momentum)
+    has_data = (batch.count > 0).to(device=mean.device)
+    new = {name: torch.where(has_data, value, state[name]) for name, value in new.items()}
+    if zero_debias:
+        new["local_step"] = state["local_step"] + 1
+    return new

@@ -7,6 +7,7 @@ tells the user what to change without reading our source.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
@@ -16,6 +17,8 @@ __all__ = [
     "check_epsilon",
     "check_momentum",
     "check_optional_bool",
+    "check_renorm_clipping",
+    "check_virtual_batch",
     "fail",
 ]
 
@@ -88,3 +91,85 @@ def check_optional_bool(value: Any, argument: str) -> None:
 
     """
     check(value is None or isinstance(value, bool), argument, value, "None, True or False")
+
+
+RENORM_CLIPPING_KEYS = ("rmin", "rmax", "dmax")
+
+
+def _clip_number(value: Any) -> float | None:
+    """A float for a real number or a one-element tensor (0-d tensors allow schedules)."""
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return float(value)
+    if hasattr(value, "numel") and value.numel() == 1 and value.dtype.is_floating_point:
+        return float(value)
+    return None
+
+
+def check_renorm_clipping(clipping: Any) -> dict[str, Any]:
+    """Validate ``renorm_clipping`` and return it as a dict (``{}`` for None).
+
+    Keys among ``rmin``, ``rmax``, ``dmax``; values floats or 0-d tensors; ``rmin <= rmax``
+    and ``dmax >= 0``.
+
+    Example:
+        >>> check_renorm_clipping({"rmax": 3.0, "rmin": 1 / 3, "dmax": 5.0})["dmax"]
+        5.0
+        >>> check_renorm_clipping({"rmax": 0.5, "rmin": 2.0})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        batchnorm._errors.BatchNormError: renorm_clipping={...}; expected rmin <= rmax
+    """
+    if clipping is None:
+        return {}
+    check(
+        isinstance(clipping, Mapping),
+        "renorm_clipping",
+        clipping,
+        "None or a dict with keys among 'rmin', 'rmax', 'dmax'",
+    )
+    unknown = sorted(set(clipping) - set(RENORM_CLIPPING_KEYS))
+    check(
+        not unknown,
+        "renorm_clipping",
+        dict(clipping),
+        f"keys among {list(RENORM_CLIPPING_KEYS)} (unknown: {unknown})",
+    )
+    numbers = {}
+    for key, value in clipping.items():
+        number = _clip_number(value)
+        check(
+            number is not None and number == number,
+            f"renorm_clipping[{key!r}]",
+            value,
+            "a float or a 0-d floating tensor",
+        )
+        numbers[key] = number
+    if "rmin" in numbers and "rmax" in numbers:
+        check(numbers["rmin"] <= numbers["rmax"], "renorm_clipping", dict(clipping), "rmin <= rmax")
+    if "dmax" in numbers:
+        check(numbers["dmax"] >= 0, "renorm_clipping", dict(clipping), "dmax >= 0")
+    return dict(clipping)
+
+
+def check_virtual_batch(virtual_batch_size: Any, virtual_batch_layout: Any) -> None:
+    """Validate ghost-batch options: a positive int (or None), and a known layout.
+
+    Example:
+        >>> check_virtual_batch(0, "strided")
+        Traceback (most recent call last):
+        ...
+        batchnorm._errors.BatchNormError: virtual_batch_size=0; expected None or a positive int
+    """
+    is_int = isinstance(virtual_batch_size, int) and not isinstance(virtual_batch_size, bool)
+    check(
+        virtual_batch_size is None or (is_int and virtual_batch_size > 0),
+        "virtual_batch_size",
+        virtual_batch_size,
+        "None or a positive int",
+    )
+    check(
+        virtual_batch_layout in ("strided", "contiguous"),
+        "virtual_batch_layout",
+        virtual_batch_layout,
+        "'strided' (TensorFlow's) or 'contiguous'",
+    )

@@ -29,7 +29,7 @@ from math import prod
 import torch
 from torch.autograd.function import once_differentiable
 
-from batchnorm._moments import accumulation_dtype
+from batchnorm._moments import accumulation_dtype, weight_total
 from batchnorm._types import Moments
 
 __all__ = ["NormalizeApply", "channel_sum", "channel_sum_of_squares", "stats_pass"]
@@ -109,40 +109,71 @@ def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor
     return (columns * columns).sum(dim=0).view(keep)
 
 
-def stats_pass(x: torch.Tensor, axes: Sequence[int]) -> tuple[Moments, torch.Tensor]:
+def _no_nan_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    positive = total > 0
+    return torch.where(positive, numerator / torch.where(positive, total, 1.0), 0.0)
+
+
+def stats_pass(
+    x: torch.Tensor, axes: Sequence[int], weights: torch.Tensor | None = None
+) -> tuple[Moments, torch.Tensor]:
     """The stats pass: per-channel count, mean and biased variance, two-pass, without a graph.
 
     Returns the moments and the centred input ``x - mean`` (in the accumulation dtype and
     ``x``'s memory format), which :class:`NormalizeApply` takes as its workspace: the output is
-    written over it, so the forward allocates one full-size tensor in all. Matches
+    written over it, so the forward allocates one full-size tensor in all. ``weights``
+    (broadcastable to ``x``) give weighted moments. Matches
     :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
 
     Example:
         >>> moments, centered = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
         >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist(), centered.tolist()
         ([[2.0, 20.0]], [[1.0, 100.0]], [[-1.0, -10.0], [1.0, 10.0]])
-
     """
     with torch.no_grad():
         acc = accumulation_dtype(x.dtype)
         xs = x.to(acc)
-        count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
-        mean = channel_sum(xs, axes) / count
-        centered = xs - mean
-        var = channel_sum_of_squares(centered, axes) / count
-    count_tensor = torch.tensor(float(count), dtype=acc, device=x.device)
-    return Moments(count=count_tensor, mean=mean, var=var), centered
+        reduce_dims = [d for d in range(x.dim()) if d not in axes]
+        if weights is None:
+            count = weight_total(None, x.shape, reduce_dims).to(xs)
+            mean = channel_sum(xs, axes) / count
+            centered = xs - mean
+            var = channel_sum_of_squares(centered, axes) / count
+        else:
+            weights = weights.to(acc)
+            count = weight_total(weights, x.shape, reduce_dims)
+            mean = _no_nan_divide(channel_sum(xs * weights, axes), count)
+            centered = xs - mean
+            var = _no_nan_divide(channel_sum(centered * centered * weights, axes), count)
+            count = count.expand_as(mean)
+    return Moments(count=count, mean=mean, var=var), centered
+
+
+def _reduce_to(t: torch.Tensor, shape: torch.Size, axes: Sequence[int]) -> torch.Tensor:
+    """Sum ``t`` down to the broadcastable ``shape`` (a per-channel shape uses the fast path)."""
+    if tuple(shape) == _keep_shape(t, axes):
+        return channel_sum(t, axes)
+    return t.sum_to_size(shape)
 
 
 class NormalizeApply(torch.autograd.Function):
-    """``y = (x - mean) * (invstd * scale) + shift`` with the batch-norm gradient.
+    r"""``y = (x - mean) * invstd * scale + shift`` with the (weighted) batch-norm gradient.
 
     ``mean`` and ``invstd`` must be the batch moments of ``x`` over all dimensions but ``axes``,
-    and ``centered`` must be ``x - mean`` (both from :func:`stats_pass`): the backward
-    differentiates through the moments as functions of ``x``, which is what makes this batch
-    norm rather than a fixed affine map. ``scale`` and ``shift`` are per-channel and receive
-    ``sum(dy * x_hat)`` and ``sum(dy)``. When ``centered`` has ``x``'s dtype the output is
+    weighted by ``weights`` if given, and ``centered`` must be ``x - mean`` (all from
+    :func:`stats_pass`): the backward differentiates through the moments as functions of ``x``,
+    which is what makes this batch norm rather than a fixed affine map. ``scale`` and ``shift``
+    broadcast against ``x`` (per channel, or any broadcastable shape, e.g. a per-element
+    ``adjustment``) and receive ``sum(dy * x_hat)`` and ``sum(dy)`` reduced to their shapes.
+    ``weights`` are constants (no gradient). When ``centered`` has ``x``'s dtype the output is
     written over it (it is marked dirty and returned).
+
+    .. math::
+
+        g = dy \cdot scale, \quad
+        dx = invstd \left(g - \frac{w}{W}\sum g - \hat{x} \frac{w}{W} \sum g \hat{x}\right)
+
+    with ``w / W = 1 / n`` unweighted.
 
     Numerics:
         The centred form has no cancellation: TensorFlow's ``x * a + (beta - mean * a)`` loses
@@ -155,10 +186,9 @@ class NormalizeApply(torch.autograd.Function):
         >>> moments, centered = stats_pass(x, [1])
         >>> one, zero = torch.ones(1, 1), torch.zeros(1, 1)
         >>> invstd = torch.rsqrt(moments.var)
-        >>> y = NormalizeApply.apply(x, centered, moments.mean, invstd, one, zero, (1,))
+        >>> y = NormalizeApply.apply(x, centered, None, moments.mean, invstd, one, zero, (1,))
         >>> y.flatten().round(decimals=4).tolist()
         [-1.0, 1.0]
-
     """
 
     @staticmethod
@@ -166,6 +196,7 @@ class NormalizeApply(torch.autograd.Function):
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
         centered: torch.Tensor,
+        weights: torch.Tensor | None,
         mean: torch.Tensor,
         invstd: torch.Tensor,
         scale: torch.Tensor,
@@ -173,11 +204,12 @@ class NormalizeApply(torch.autograd.Function):
         axes: tuple[int, ...],
     ) -> torch.Tensor:
         """The apply pass: one multiply-add over the centred input."""
-        ctx.save_for_backward(x, mean, invstd, scale)
+        ctx.save_for_backward(x, weights, mean, invstd, scale)
         ctx.axes = axes
-        ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
+        ctx.shapes = (scale.shape, shift.shape)
+        ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6])
         x_scale = invstd * scale
-        if centered.dtype == x.dtype:
+        if centered.dtype == x.dtype and x_scale.dim() <= x.dim() and centered.shape == x.shape:
             ctx.mark_dirty(centered)
             return torch.addcmul(shift, centered, x_scale, out=centered)
         return torch.addcmul(shift, centered, x_scale).to(x.dtype)
@@ -185,13 +217,19 @@ class NormalizeApply(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor):  # type: ignore[override]
-        """Backward reduce, then backward apply: ATen's kernel where the layout fits."""
-        x, mean, invstd, scale = ctx.saved_tensors
+        """Backward reduce, then backward apply: ATen's kernel where it fits."""
+        x, weights, mean, invstd, scale = ctx.saved_tensors
         need_x, need_scale, need_shift = ctx.needs
-        native = _native_backward(x, dy, mean, invstd, scale, ctx.axes, ctx.needs)
-        dx, dscale, dshift = native or _composite_backward(x, dy, mean, invstd, scale, ctx.axes)
+        per_channel = scale.shape == mean.shape and ctx.shapes[1] == mean.shape
+        native = None
+        if weights is None and per_channel:
+            native = _native_backward(x, dy, mean, invstd, scale, ctx.axes, ctx.needs)
+        dx, dscale, dshift = native or _composite_backward(
+            x, dy, weights, mean, invstd, scale, ctx.shapes[1], ctx.axes
+        )
         return (
             dx if need_x else None,
+            None,
             None,
             None,
             None,
@@ -250,29 +288,40 @@ def _native_backward(
 def _composite_backward(
     x: torch.Tensor,
     dy: torch.Tensor,
+    weights: torch.Tensor | None,
     mean: torch.Tensor,
     invstd: torch.Tensor,
     scale: torch.Tensor,
+    shift_shape: torch.Size,
     axes: tuple[int, ...],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""The same backward in torch ops, for layouts ATen's kernel cannot take.
+    r"""The same backward in torch ops: weighted moments, any scale shape, any layout.
 
     .. math::
 
         dB = \sum dy, \quad dA = \sum dy \hat{x}, \quad
-        dx = A \sigma^{-1} (dy - dB / n - \hat{x}\, dA / n)
+        dx = \sigma^{-1} \left(g - \frac{w}{W}\left(\sum g + \hat{x} \sum g \hat{x}\right)
+        \right), \quad g = A\, dy
     """
     acc = mean.dtype
     dy = dy.to(acc)
-    count = prod(x.shape[d] for d in range(x.dim()) if d not in axes)
+    reduce_dims = [d for d in range(x.dim()) if d not in axes]
     centered = x.to(acc) - mean
-    sum_dy = channel_sum(dy, axes)
-    workspace = centered * dy
-    sum_dy_centered = channel_sum(workspace, axes)
-    # dx = k * dy + centered_coef * (x - mean) + constant, written over the workspace.
-    k = scale * invstd
-    centered_coef = -k * invstd * invstd * sum_dy_centered / count
-    constant = -k * sum_dy / count
-    dx = torch.addcmul(constant, centered, centered_coef, out=workspace)
-    dx = dx.addcmul_(dy, k).to(x.dtype)
-    return dx, sum_dy_centered * invstd, sum_dy
+    x_hat = centered * invstd
+    dshift = _reduce_to(dy, shift_shape, axes)
+    dy_x_hat = dy * x_hat
+    dscale = _reduce_to(dy_x_hat, scale.shape, axes)
+    if scale.shape == mean.shape:  # per channel: the sums of g factor through scale
+        sum_g, sum_g_x_hat = scale * channel_sum(dy, axes), scale * channel_sum(dy_x_hat, axes)
+        g = dy * scale
+    else:
+        g = dy * scale
+        sum_g, sum_g_x_hat = channel_sum(g, axes), channel_sum(g * x_hat, axes)
+    total = weight_total(weights, x.shape, reduce_dims).to(acc)
+    share = (weights.to(acc) if weights is not None else 1.0) * _no_nan_divide(
+        torch.ones_like(total), total
+    )
+    # dx = invstd * (g - share * (sum_g + x_hat * sum_g_x_hat)), written over x_hat.
+    correction = torch.addcmul(sum_g, x_hat, sum_g_x_hat, out=x_hat).mul_(share)
+    dx = torch.sub(g, correction, out=correction).mul_(invstd).to(x.dtype)
+    return dx, dscale, dshift

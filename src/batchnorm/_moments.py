@@ -1,4 +1,4 @@
-r"""Batch moments: the mean and biased variance over the reduced dimensions.
+r"""Batch moments: the (weighted) mean and biased variance over the reduced dimensions.
 
 This is the readable statement of the statistics every path must agree with; the reference path
 (``fused=False``) differentiates through it, and the fast path's stats pass in
@@ -6,26 +6,32 @@ This is the readable statement of the statistics every path must agree with; the
 
 .. math::
 
-    n = \prod_{d \in R} N_d, \qquad
-    \mu = \frac{1}{n} \sum_{R} x, \qquad
-    \sigma^2 = \frac{1}{n} \sum_{R} (x - \mu)^2
+    W = \sum_R w, \qquad
+    \mu = \frac{1}{W} \sum_R w\, x, \qquad
+    \sigma^2 = \frac{1}{W} \sum_R w\, (x - \mu)^2
+
+with ``w = 1`` unless per-example ``batch_weights`` (tf-slim) or a boolean ``mask`` (Keras) are
+given; ``W`` is then the number of elements per channel. Frequency weights: an integer weight
+``k`` counts a row ``k`` times.
 
 Numerics:
     Two passes, as ``tf.nn.moments`` does: the mean first, then the mean of squared deviations
     from it, so there is no cancellation of the kind ``E[x^2] - E[x]^2`` suffers when the mean is
     large against the spread. Inputs narrower than float32 are accumulated in float32; float64
-    stays float64.
+    stays float64. A channel whose total weight is 0 gets mean 0 and variance 0 (TensorFlow's
+    "no-NaN" division) and a count of 0, which callers use to leave its statistics alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import prod
 
 import torch
 
 from batchnorm._types import Moments
 
-__all__ = ["accumulation_dtype", "compute_moments"]
+__all__ = ["accumulation_dtype", "compute_moments", "pool_groups", "weight_total"]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -34,31 +40,88 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     Example:
         >>> accumulation_dtype(torch.bfloat16), accumulation_dtype(torch.float64)
         (torch.float32, torch.float64)
-
     """
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def compute_moments(x: torch.Tensor, reduce_dims: Sequence[int]) -> Moments:
-    """Mean and biased variance of ``x`` over ``reduce_dims``, kept as size-1 dimensions.
+def weight_total(
+    weights: torch.Tensor | None, shape: Sequence[int], reduce_dims: Sequence[int]
+) -> torch.Tensor:
+    """``W``: the sum of ``weights`` broadcast to ``shape`` over ``reduce_dims``, kept as size 1.
 
-    Differentiable; the result is in :func:`accumulation_dtype` of ``x``.
+    Without weights it is the element count. The broadcast copy is never materialised: the
+    weights are summed where they vary and multiplied by the sizes they are broadcast over.
+
+    Example:
+        >>> weight_total(torch.tensor([[1.0], [3.0]]), (2, 5), [0]).tolist()  # same for all 5
+        [[4.0]]
+        >>> float(weight_total(None, (2, 5), [0]))
+        2.0
+    """
+    if weights is None:
+        return torch.tensor(float(prod(shape[d] for d in reduce_dims)))
+    rank = len(shape)
+    weights = weights.reshape((1,) * (rank - weights.dim()) + tuple(weights.shape))
+    summed = [d for d in reduce_dims if weights.shape[d] != 1]
+    broadcast = prod(shape[d] for d in reduce_dims if weights.shape[d] == 1)
+    total = weights.sum(dim=summed, keepdim=True) if summed else weights
+    return total * broadcast
+
+
+def _safe_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``numerator / total`` with 0 where ``total`` is 0, and finite gradients everywhere."""
+    positive = total > 0
+    return torch.where(positive, numerator / torch.where(positive, total, 1.0), 0.0)
+
+
+def compute_moments(
+    x: torch.Tensor, reduce_dims: Sequence[int], weights: torch.Tensor | None = None
+) -> Moments:
+    """(Weighted) mean and biased variance of ``x`` over ``reduce_dims``, kept as size 1.
+
+    Differentiable in ``x``; ``weights`` (broadcastable to ``x``, non-negative) are constants.
+    The result is in :func:`accumulation_dtype` of ``x``.
 
     Example:
         >>> x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
         >>> moments = compute_moments(x, [0])
-        >>> moments.mean.tolist(), moments.var.tolist(), int(moments.count)
-        ([[2.0, 20.0]], [[1.0, 100.0]], 2)
-
+        >>> moments.mean.tolist(), moments.var.tolist(), moments.count.tolist()
+        ([[2.0, 20.0]], [[1.0, 100.0]], 2.0)
+        >>> compute_moments(x, [0], torch.tensor([[3.0], [1.0]])).mean.tolist()
+        [[1.5, 15.0]]
     """
     dims = tuple(reduce_dims)
     xs = x.to(accumulation_dtype(x.dtype))
-    count = 1
-    for d in dims:
-        count *= x.shape[d]
-    mean = xs.mean(dim=dims, keepdim=True)
+    if weights is None:
+        mean = xs.mean(dim=dims, keepdim=True)
+        centered = xs - mean
+        var = (centered * centered).mean(dim=dims, keepdim=True)
+        return Moments(weight_total(None, x.shape, dims).to(xs), mean, var)
+    weights = weights.detach().to(xs.dtype)
+    total = weight_total(weights, x.shape, dims)
+    mean = _safe_divide((xs * weights).sum(dim=dims, keepdim=True), total)
     centered = xs - mean
-    var = (centered * centered).mean(dim=dims, keepdim=True)
-    return Moments(
-        count=torch.tensor(float(count), dtype=xs.dtype, device=x.device), mean=mean, var=var
-    )
+    var = _safe_divide((centered * centered * weights).sum(dim=dims, keepdim=True), total)
+    return Moments(total.expand_as(mean) if total.dim() else total, mean, var)
+
+
+def pool_groups(moments: Moments, group_dim: int) -> Moments:
+    """Pool per-group moments (ghost batches) into one per channel, weighting groups by count.
+
+    The pooled mean is the count-weighted mean of the group means and the pooled variance the
+    count-weighted mean of the group variances (the within-group variance). With equal counts,
+    as TensorFlow's ghost batches have, these are the plain means over groups that tf_keras
+    feeds its moving averages and renorm. The group dimension is kept with size 1.
+
+    Example:
+        >>> groups = Moments(torch.tensor([[2.0], [2.0]]), torch.tensor([[0.0], [4.0]]),
+        ...                  torch.tensor([[1.0], [3.0]]))
+        >>> pooled = pool_groups(groups, 0)
+        >>> pooled.mean.tolist(), pooled.var.tolist(), pooled.count.tolist()
+        ([[2.0]], [[2.0]], [[4.0]])
+    """
+    count = moments.count.expand_as(moments.mean)
+    total = count.sum(dim=group_dim, keepdim=True)
+    mean = _safe_divide((count * moments.mean).sum(dim=group_dim, keepdim=True), total)
+    var = _safe_divide((count * moments.var).sum(dim=group_dim, keepdim=True), total)
+    return Moments(total, mean, var)

@@ -26,6 +26,7 @@ def tensorflow_runs_fused_kernel(
     virtual_batch_size: int | None = None,
     adjustment: object | None = None,
     synchronized: bool = False,
+    weighted: bool = False,
 ) -> bool:
     """Whether tf_keras' ``BatchNormalization`` would run ``FusedBatchNormV3`` in training.
 
@@ -34,8 +35,10 @@ def tensorflow_runs_fused_kernel(
     synchronization, and a float16/bfloat16/float32 compute dtype (16-bit layers keep float32
     variables, so ``variable_dtype`` float64 is the only disqualifying case). Then the input must
     have rank 4 with the axis landing on 1 or 3, or rank 5 with 1 or 4; other rank-5 axes fall
-    back silently. ``fused=False`` never fuses. Where TensorFlow would raise instead (``fused=True``
-    with renorm, say) we report False: that configuration has no TensorFlow numbers to match.
+    back silently. ``fused=False`` never fuses. ``weighted`` (batch weights or a mask) means
+    TensorFlow's non-fused code (tf-slim's legacy path; tf_keras' masked moments). Where
+    TensorFlow would raise instead (``fused=True`` with renorm, say) we report False: that
+    configuration has no TensorFlow numbers to match.
 
     Example:
         >>> tensorflow_runs_fused_kernel(-1, 4, None, torch.float32)
@@ -46,7 +49,7 @@ def tensorflow_runs_fused_kernel(
     """
     if fused is False or renorm or virtual_batch_size is not None or adjustment is not None:
         return False
-    if synchronized or variable_dtype not in _FUSABLE_DTYPES:
+    if synchronized or weighted or variable_dtype not in _FUSABLE_DTYPES:
         return False
     axes = (raw_axis,) if isinstance(raw_axis, int) else tuple(raw_axis)
     if len(axes) != 1 or axes[0] not in _FUSABLE_RAW_AXES:

@@ -1,31 +1,50 @@
-"""``batch_norm``: the single source of truth for what one call computes.
+r"""``batch_norm``: the single source of truth for what one call computes.
 
 Stateless: it returns the output *and* the moving statistics the call produces, and never
 mutates its arguments. :class:`batchnorm.BatchNormalization` is a thin owner of state around it.
+
+One training call is the architecture of design.md in three steps:
+
+1. **moments** of the input viewed for the call (ghost batches add a group dimension; weights and
+   masks weight the sums), from the fast stats pass or the reference ops;
+2. **affine**: per-channel maps composed in ``x_hat`` space, innermost first: renorm's ``r, d``,
+   then ``adjustment``'s scale and bias, then ``gamma, beta``; and the moving statistics;
+3. **apply**: ``y = x_hat * A + B`` in one pass.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 
 from batchnorm._affine import (
-    bessel_factor,
-    ema_update,
+    compose,
     gamma_beta_affine,
     inference_affine,
     invstd,
+    renorm_correction,
+    updated_statistics,
 )
 from batchnorm._axes import AxisArgument, ChannelLayout
-from batchnorm._errors import check, check_epsilon, check_momentum, check_optional_bool
+from batchnorm._errors import (
+    check,
+    check_epsilon,
+    check_momentum,
+    check_optional_bool,
+    check_renorm_clipping,
+    check_virtual_batch,
+)
 from batchnorm._kernels import NormalizeApply, stats_pass
-from batchnorm._moments import accumulation_dtype
-from batchnorm._reference import reference_moments, reference_normalize_apply
+from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
+from batchnorm._reference import reference_normalize_apply
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
-from batchnorm._types import Moments
+from batchnorm._types import Affine, Moments
 
 __all__ = ["BatchNormResult", "batch_norm"]
+
+Adjustment = Callable[[torch.Size], tuple[Any, Any]]
 
 
 class BatchNormResult(NamedTuple):
@@ -34,19 +53,72 @@ class BatchNormResult(NamedTuple):
     Attributes:
         output: The normalised tensor, in the input's dtype and memory format.
         new_stats: The statistics after this call, keyed by TensorFlow's variable names
-            (``moving_mean``, ``moving_variance``) and shaped like the arguments; empty when
-            nothing is to be updated (inference, or an empty batch).
-
+            (``moving_mean``, ``moving_variance``, and ``moving_stddev``, ``renorm_mean``,
+            ``renorm_stddev`` with renorm, ``moving_mean_biased``, ``local_step`` with
+            zero-debias), shaped like the arguments; empty in inference or for an empty batch.
+        batch_statistics: The per-channel moments the update used (ghost batches pooled),
+            shaped like ``moving_mean``, so the same update can be replayed later on other
+            state (deferred updates); None when there is nothing to update.
     """
 
     output: torch.Tensor
     new_stats: dict[str, torch.Tensor]
+    batch_statistics: Moments | None = None
+
+
+class _View(NamedTuple):
+    """The input as the heavy passes see it: ``shape``, kept ``axes``, ghost ``group_dim``."""
+
+    shape: tuple[int, ...]
+    axes: tuple[int, ...]
+    channel_axes: tuple[int, ...]
+    group_dim: int | None
+
+    @property
+    def param_shape(self) -> tuple[int, ...]:
+        """Per-channel vectors broadcast against the view (1 on the group dimension)."""
+        return tuple(s if d in self.channel_axes else 1 for d, s in enumerate(self.shape))
+
+    def place(self, t: torch.Tensor, batch: int) -> torch.Tensor:
+        """A tensor broadcastable to the input, reshaped to broadcast against the view."""
+        if self.group_dim is None:
+            return t
+        leading = self.shape[:2] if t.shape[0] == batch and batch > 1 else (1, 1)
+        return t.reshape(leading + tuple(t.shape[1:]))
+
+
+def _make_view(
+    layout: ChannelLayout, virtual_batch_size: int | None, virtual_batch_layout: str
+) -> _View:
+    shape = layout.input_shape
+    if virtual_batch_size is None:
+        return _View(shape, layout.axes, layout.axes, None)
+    batch = shape[0]
+    check(
+        batch % virtual_batch_size == 0,
+        "virtual_batch_size",
+        virtual_batch_size,
+        f"a divisor of the training batch size {batch} (input shape {shape})",
+    )
+    groups = batch // virtual_batch_size
+    # Strided (TensorFlow): reshape to [V, B/V, ...] so ghost k holds rows k, k+G, k+2G, ...
+    # Contiguous: [B/V, V, ...], ghost k holds rows kV .. kV+V-1.
+    if virtual_batch_layout == "strided":
+        leading, group_dim = (virtual_batch_size, groups), 1
+    else:
+        leading, group_dim = (groups, virtual_batch_size), 0
+    channel_axes = tuple(a + 1 for a in layout.axes)
+    return _View(leading + shape[1:], (group_dim, *channel_axes), channel_axes, group_dim)
 
 
 def _per_channel(
-    tensor: torch.Tensor | None, argument: str, layout: ChannelLayout, dtype: torch.dtype
+    tensor: torch.Tensor | None,
+    argument: str,
+    layout: ChannelLayout,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
 ) -> torch.Tensor | None:
-    """``tensor`` viewed to broadcast against the input, in ``dtype``; checks its size."""
+    """``tensor`` viewed to ``shape`` (its broadcast shape), in ``dtype``; checks its size."""
     if tensor is None:
         return None
     check(isinstance(tensor, torch.Tensor), argument, type(tensor).__name__, "a torch.Tensor")
@@ -56,7 +128,84 @@ def _per_channel(
         tuple(tensor.shape),
         f"{layout.num_channels} elements, one per channel (shape {layout.param_shape})",
     )
-    return tensor.reshape(layout.broadcast_shape).to(dtype)
+    return tensor.reshape(shape).to(dtype)
+
+
+def _example_weights(
+    x: torch.Tensor,
+    layout: ChannelLayout,
+    batch_weights: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """Per-example weights times the mask, broadcastable to ``x``; None when neither is given."""
+    weights = None
+    if batch_weights is not None:
+        check(
+            isinstance(batch_weights, torch.Tensor),
+            "batch_weights",
+            type(batch_weights).__name__,
+            "a torch.Tensor",
+        )
+        check(
+            tuple(batch_weights.shape) == (x.shape[0],),
+            "batch_weights.shape",
+            tuple(batch_weights.shape),
+            f"({x.shape[0]},), one weight per example of the batch",
+        )
+        weights = batch_weights.detach().to(dtype).reshape((-1,) + (1,) * (x.dim() - 1))
+        check(
+            bool((weights >= 0).all()), "batch_weights", "a negative entry", "non-negative weights"
+        )
+    if mask is not None:
+        check(isinstance(mask, torch.Tensor), "mask", type(mask).__name__, "a torch.Tensor")
+        shape = tuple(mask.shape)
+        if mask.dim() == x.dim() - len(layout.axes):
+            for axis in sorted(layout.axes):
+                shape = (*shape[:axis], 1, *shape[axis:])
+        fits = len(shape) == x.dim() and all(
+            m in (1, s) for m, s in zip(shape, x.shape, strict=True)
+        )
+        check(
+            fits,
+            "mask.shape",
+            tuple(mask.shape),
+            f"the input shape {tuple(x.shape)} without its channel axes, or a shape "
+            "broadcastable to the input",
+        )
+        mask_weights = mask.detach().reshape(shape).to(dtype)
+        weights = mask_weights if weights is None else weights * mask_weights
+    return weights
+
+
+def _output_affine(
+    x: torch.Tensor,
+    view: _View,
+    pooled: Moments,
+    like: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    epsilon: float,
+    renorm_state: tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]] | None,
+    adjustment: Adjustment | None,
+) -> Affine:
+    """Compose ``x_hat -> ((x_hat * r + d) * adj_scale + adj_bias) * gamma + beta``."""
+    output = gamma_beta_affine(gamma, beta, like=like)
+    if adjustment is not None:
+        adj_scale, adj_bias = adjustment(x.shape)
+        output = compose(
+            Affine(
+                view.place(torch.as_tensor(adj_scale).to(like), x.shape[0]),
+                view.place(torch.as_tensor(adj_bias).to(like), x.shape[0]),
+            ),
+            output,
+        )
+    if renorm_state is not None:
+        renorm_mean, renorm_stddev, clipping = renorm_state
+        output = compose(
+            renorm_correction(pooled, epsilon, renorm_mean, renorm_stddev, clipping), output
+        )
+    return output
 
 
 def batch_norm(
@@ -72,25 +221,36 @@ def batch_norm(
     epsilon: float = 1e-3,
     fused: bool | None = None,
     moving_variance_correction: bool | None = None,
+    renorm: bool = False,
+    renorm_clipping: Mapping[str, Any] | None = None,
+    renorm_momentum: float = 0.99,
+    moving_stddev: torch.Tensor | None = None,
+    renorm_mean: torch.Tensor | None = None,
+    renorm_stddev: torch.Tensor | None = None,
+    virtual_batch_size: int | None = None,
+    virtual_batch_layout: str = "strided",
+    adjustment: Adjustment | None = None,
+    batch_weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    zero_debias_moving_mean: bool = False,
+    moving_mean_biased: torch.Tensor | None = None,
+    local_step: torch.Tensor | None = None,
 ) -> BatchNormResult:
-    r"""Batch normalization as TensorFlow defines it, without hidden state.
+    r"""Batch normalization as TensorFlow defines it, in all its forms, without hidden state.
 
     Training (``training=True``) normalises with the batch moments over every axis not in
-    ``axis`` and returns the updated moving statistics; inference uses the moving statistics.
+    ``axis`` and returns the updated moving statistics; inference uses the moving statistics
+    and ignores ``batch_weights``, ``mask``, ``adjustment`` and ghost batches.
 
     .. math::
 
         \mu = \operatorname{mean}_R(x), \quad \sigma^2 = \operatorname{mean}_R((x-\mu)^2),
-        \quad y = \gamma \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}} + \beta
+        \quad \hat{x} = \frac{x - \mu}{\sqrt{\sigma^2 + \epsilon}}, \quad
+        y = ((\hat{x} r + d)\, a_s + a_b)\, \gamma + \beta
 
-        \text{moving\_mean} \leftarrow \text{moving\_mean}
-            - (\text{moving\_mean} - \mu)(1 - \text{momentum})
-
-        \text{moving\_variance} \leftarrow \text{moving\_variance}
-            - (\text{moving\_variance} - c\,\sigma^2)(1 - \text{momentum})
-
-    where ``c = n / max(n - 1, 1)`` (``n`` elements per channel) when the stored variance is
-    Bessel-corrected and 1 otherwise. Inference computes
+    with ``r = 1, d = 0`` unless ``renorm`` and ``a_s = 1, a_b = 0`` unless ``adjustment``.
+    The moving statistics follow :func:`batchnorm._affine.updated_statistics`, e.g.
+    ``moving_mean <- moving_mean - (moving_mean - mu) * (1 - momentum)``. Inference computes
     ``y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta``.
 
     Args:
@@ -103,30 +263,55 @@ def batch_norm(
         training: True for batch statistics (and new moving statistics), False for inference.
         axis: The kept (channel) axis or list of axes; Keras' ``axis``. Default -1.
         momentum: Moving-average decay in [0, 1] (TensorFlow's sense; PyTorch's is
-            ``1 - momentum``). Default 0.99.
+            ``1 - momentum``; tf-slim's ``decay``). Default 0.99.
         epsilon: Added to the variance, >= 0. Default 1e-3.
         fused: None or True for the fast path, False for the reference path (plain autograd
             ops). Never changes the numbers beyond rounding, except through the rule below.
         moving_variance_correction: Store the Bessel-corrected (True) or biased (False) batch
             variance in the moving variance. None reproduces TensorFlow: corrected exactly when
-            tf_keras would run its fused kernel for the same ``axis``, rank, ``fused`` and
-            variable dtype (rank 4 or 5 with a channels-first or channels-last axis).
+            tf_keras would run its fused kernel for the same arguments (rank 4 or 5 with a
+            channels-first or channels-last axis, float16/32 variables, ``fused`` not False, no
+            renorm, virtual batches, adjustment, weights or mask).
+        renorm: Batch Renormalization: ``r, d`` from the renorm statistics (see
+            :func:`batchnorm._affine.renorm_correction`); needs ``moving_stddev``,
+            ``renorm_mean`` and ``renorm_stddev``.
+        renorm_clipping: Dict with keys among ``rmin``, ``rmax``, ``dmax`` (floats or 0-d
+            tensors, so they can follow a schedule); a missing key means no clip.
+        renorm_momentum: Decay of ``renorm_mean`` and ``renorm_stddev``, in [0, 1].
+        moving_stddev: Renorm's moving standard deviation, like ``moving_mean``.
+        renorm_mean: Renorm's mean for ``d``, like ``moving_mean``.
+        renorm_stddev: Renorm's standard deviation for ``r`` and ``d``, like ``moving_mean``.
+        virtual_batch_size: Ghost batch norm: statistics per group of this many examples
+            (it must divide the batch), gamma/beta shared; the moving statistics take one step
+            toward the moments pooled over the groups, which also feed renorm's ``r, d``.
+        virtual_batch_layout: ``"strided"`` (TensorFlow: group ``k`` holds rows ``k, k+G,
+            k+2G, ...`` for ``G`` groups) or ``"contiguous"`` (rows ``kV .. kV+V-1``).
+        adjustment: Callable taking ``x.shape`` and returning ``(scale, bias)`` broadcastable
+            to ``x``, applied to ``x_hat`` before gamma and beta, in training only.
+        batch_weights: Shape ``(batch,)``, non-negative: weighted moments (tf-slim). Integer
+            weights equal repeating rows. Constants for autograd.
+        mask: Boolean (or 0/1) tensor with the input's shape without its channel axes, or
+            broadcastable to the input: positions where it is False do not contribute to the
+            statistics (Keras), but are normalised like the others.
+        zero_debias_moving_mean: tf-slim's debiased moving mean; needs ``moving_mean_biased``
+            (like ``moving_mean``) and ``local_step`` (a scalar).
+        moving_mean_biased: Zero-debias' biased moving mean, like ``moving_mean``.
+        local_step: Zero-debias' step count, a scalar.
 
     Returns:
-        :class:`BatchNormResult` with the output and the new statistics.
+        :class:`BatchNormResult`: the output, the new statistics, the batch statistics.
 
     Raises:
         BatchNormError: on a bad argument; nothing is computed.
 
     Example:
         >>> x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
-        >>> y, stats = batch_norm(x, torch.zeros(2), torch.ones(2), training=True,
-        ...                       epsilon=0.0, momentum=0.5)
+        >>> y, stats, _ = batch_norm(x, torch.zeros(2), torch.ones(2), training=True,
+        ...                          epsilon=0.0, momentum=0.5)
         >>> y.round(decimals=4).tolist()
         [[-1.0, -1.0], [1.0, 1.0]]
         >>> stats["moving_mean"].tolist(), stats["moving_variance"].round(decimals=4).tolist()
         ([1.0, 10.0], [1.0, 50.5])
-
     """
     check(isinstance(x, torch.Tensor), "x", type(x).__name__, "a torch.Tensor")
     check(isinstance(training, bool), "training", training, "True or False")
@@ -134,72 +319,144 @@ def batch_norm(
     epsilon = check_epsilon(epsilon)
     check_optional_bool(fused, "fused")
     check_optional_bool(moving_variance_correction, "moving_variance_correction")
+    check(isinstance(renorm, bool), "renorm", renorm, "True or False")
+    clipping = check_renorm_clipping(renorm_clipping)
+    renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
+    check_virtual_batch(virtual_batch_size, virtual_batch_layout)
     check(
-        isinstance(moving_mean, torch.Tensor),
-        "moving_mean",
-        type(moving_mean).__name__,
-        "a torch.Tensor",
+        adjustment is None or callable(adjustment),
+        "adjustment",
+        adjustment,
+        "None or a callable (input shape) -> (scale, bias)",
     )
     check(
-        isinstance(moving_variance, torch.Tensor),
-        "moving_variance",
-        type(moving_variance).__name__,
-        "a torch.Tensor",
+        isinstance(zero_debias_moving_mean, bool),
+        "zero_debias_moving_mean",
+        zero_debias_moving_mean,
+        "True or False",
     )
-    if not (x.is_floating_point()):
+    state = {"moving_mean": moving_mean, "moving_variance": moving_variance}
+    if renorm:
+        state |= {
+            "moving_stddev": moving_stddev,
+            "renorm_mean": renorm_mean,
+            "renorm_stddev": renorm_stddev,
+        }
+    if zero_debias_moving_mean:
+        state |= {"moving_mean_biased": moving_mean_biased, "local_step": local_step}
+    for name, tensor in state.items():
+        check(
+            isinstance(tensor, torch.Tensor),
+            name,
+            type(tensor).__name__,
+            "a torch.Tensor (state the chosen options need)",
+        )
+    if not x.is_floating_point():
         check(not x.is_complex(), "x.dtype", x.dtype, "a real dtype")
         x = x.to(moving_mean.dtype)
     layout = ChannelLayout.from_axis(axis, x.shape)
+    if virtual_batch_size is not None:
+        check(
+            0 not in layout.axes,
+            "axis",
+            axis,
+            "no batch axis (0) among the channel axes when virtual_batch_size is set",
+        )
     acc = accumulation_dtype(x.dtype)
-    mean_b = _per_channel(moving_mean, "moving_mean", layout, acc)
-    var_b = _per_channel(moving_variance, "moving_variance", layout, acc)
-    gamma_b = _per_channel(gamma, "gamma", layout, acc)
-    beta_b = _per_channel(beta, "beta", layout, acc)
-    assert mean_b is not None and var_b is not None
-    output_affine = gamma_beta_affine(gamma_b, beta_b, like=mean_b)
     fast = fused is not False
+    for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
+        if name == "local_step":
+            check(tensor.numel() == 1, "local_step.shape", tuple(tensor.shape), "a scalar")
+        else:
+            _per_channel(tensor, name, layout, layout.broadcast_shape, acc)
 
     if not training:
+        shape = layout.broadcast_shape
+        mean_b, var_b = (
+            _per_channel(t, n, layout, shape, acc)
+            for n, t in (("moving_mean", moving_mean), ("moving_variance", moving_variance))
+        )
+        assert mean_b is not None and var_b is not None
+        output = gamma_beta_affine(
+            _per_channel(gamma, "gamma", layout, shape, acc),
+            _per_channel(beta, "beta", layout, shape, acc),
+            like=mean_b,
+        )
         if fast:
-            folded = inference_affine(mean_b, var_b, epsilon, output_affine)
+            folded = inference_affine(mean_b, var_b, epsilon, output)
             y = torch.addcmul(folded.shift, x.to(acc), folded.scale).to(x.dtype)
         else:
             frozen = Moments(count=torch.ones((), dtype=acc), mean=mean_b, var=var_b)
-            y = reference_normalize_apply(x, frozen, invstd(var_b, epsilon), output_affine)
+            y = reference_normalize_apply(x, frozen, invstd(var_b, epsilon), output)
         return BatchNormResult(y, {})
+
+    weights = _example_weights(x, layout, batch_weights, mask, acc)
+    view = _make_view(layout, virtual_batch_size, virtual_batch_layout)
+    xv = x.reshape(view.shape)
+    wv = view.place(weights, x.shape[0]) if weights is not None else None
+    shape = view.param_shape
+    gamma_v = _per_channel(gamma, "gamma", layout, shape, acc)
+    beta_v = _per_channel(beta, "beta", layout, shape, acc)
+    like = torch.zeros(shape, dtype=acc, device=x.device)
 
     if layout.reduced_count == 0:
         # An empty batch: nothing to learn from. The output is empty; gradients are zeros (the
         # normalisation runs with moments (0, 0)); the moving statistics are left alone.
-        zeros = torch.zeros_like(mean_b)
-        empty = Moments(count=torch.zeros((), dtype=acc), mean=zeros, var=zeros)
-        y = reference_normalize_apply(x, empty, invstd(zeros, epsilon), output_affine)
-        return BatchNormResult(y, {})
+        empty = Moments(torch.zeros((), dtype=acc), like, like)
+        output = gamma_beta_affine(gamma_v, beta_v, like=like)
+        y = reference_normalize_apply(xv, empty, invstd(like, epsilon), output)
+        return BatchNormResult(y.reshape(x.shape), {})
+
+    reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
     if fast:
-        moments, centered = stats_pass(x, layout.axes)
-        inv = invstd(moments.var, epsilon)
-        scale, shift = output_affine
-        y = NormalizeApply.apply(x, centered, moments.mean, inv, scale, shift, layout.axes)
+        moments, centered = stats_pass(xv, view.axes, wv)
     else:
-        moments = reference_moments(x, layout.axes)
-        y = reference_normalize_apply(x, moments, invstd(moments.var, epsilon), output_affine)
+        moments = compute_moments(xv, reduce_dims, wv)
+    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+    detached = Moments(*(t.detach() for t in pooled))
+    renorm_state = None
+    if renorm:
+        renorm_state = (
+            _per_channel(renorm_mean, "renorm_mean", layout, shape, acc),
+            _per_channel(renorm_stddev, "renorm_stddev", layout, shape, acc),
+            clipping,
+        )
+    output = _output_affine(
+        x, view, detached, like, gamma_v, beta_v, epsilon, renorm_state, adjustment
+    )
+    inv = invstd(moments.var, epsilon)
+    if fast:
+        y = NormalizeApply.apply(
+            xv, centered, wv, moments.mean, inv, output.scale, output.shift, view.axes
+        )
+    else:
+        y = reference_normalize_apply(xv, moments, inv, output)
+    y = y.reshape(x.shape)
 
     if moving_variance_correction is None:
         moving_variance_correction = tensorflow_runs_fused_kernel(
-            layout.raw_axis, layout.rank, fused, moving_mean.dtype
+            layout.raw_axis,
+            layout.rank,
+            fused,
+            moving_mean.dtype,
+            renorm=renorm,
+            virtual_batch_size=virtual_batch_size,
+            adjustment=adjustment,
+            weighted=weights is not None,
         )
+    per_channel = Moments(
+        detached.count if detached.count.dim() == 0 else detached.count.reshape(moving_mean.shape),
+        detached.mean.reshape(moving_mean.shape),
+        detached.var.reshape(moving_mean.shape),
+    )
     with torch.no_grad():
-        batch_var = moments.var.detach()
-        if moving_variance_correction:
-            batch_var = batch_var * bessel_factor(moments.count)
-        new_mean = ema_update(
-            moving_mean,
-            moments.mean.detach().reshape(moving_mean.shape).to(moving_mean.dtype),
-            momentum,
+        new_stats = updated_statistics(
+            state,
+            per_channel,
+            momentum=momentum,
+            epsilon=epsilon,
+            variance_correction=moving_variance_correction,
+            renorm_momentum=renorm_momentum if renorm else None,
+            zero_debias=zero_debias_moving_mean,
         )
-        new_var = ema_update(
-            moving_variance,
-            batch_var.reshape(moving_variance.shape).to(moving_variance.dtype),
-            momentum,
-        )
-    return BatchNormResult(y, {"moving_mean": new_mean, "moving_variance": new_var})
+    return BatchNormResult(y, new_stats, per_channel)
