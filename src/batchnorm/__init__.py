@@ -11,11 +11,12 @@ Example:
 
 from batchnorm import constraints, functional, initializers, regularizers
 from batchnorm._errors import BatchNormError
-from batchnorm.layer import BatchNormalization
+from batchnorm.layer import BatchNormalization, apply_updates
 
 __all__ = [
     "BatchNormError",
     "BatchNormalization",
+    "apply_updates",
     "constraints",
     "functional",
     "initializers",

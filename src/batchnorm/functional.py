@@ -42,9 +42,46 @@ from batchnorm._reference import reference_normalize_apply
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
 from batchnorm._types import Affine, Moments
 
-__all__ = ["BatchNormResult", "batch_norm"]
+__all__ = ["BatchNormResult", "StatisticsUpdate", "batch_norm"]
 
 Adjustment = Callable[[torch.Size], tuple[Any, Any]]
+
+
+class StatisticsUpdate(NamedTuple):
+    """One training step's update of the moving statistics, replayable on any state.
+
+    ``apply_to(state)`` gives the new statistics from ``state`` (a mapping of TensorFlow's
+    variable names to tensors) by :func:`batchnorm._affine.updated_statistics`, so an update
+    can be applied later, after other updates, or not at all (deferred updates).
+
+    Attributes:
+        batch: The per-channel batch moments (ghost batches pooled), shaped like the state.
+        momentum: Decay of the moving averages.
+        epsilon: The call's epsilon (renorm's ``moving_variance`` uses it).
+        variance_correction: Whether the stored variance is Bessel-corrected.
+        renorm_momentum: Decay of renorm's statistics, or None without renorm.
+        zero_debias: Whether the moving mean is zero-debiased (tf-slim).
+    """
+
+    batch: Moments
+    momentum: float
+    epsilon: float
+    variance_correction: bool
+    renorm_momentum: float | None
+    zero_debias: bool
+
+    def apply_to(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The statistics after this update, from ``state``; never mutates it."""
+        with torch.no_grad():
+            return updated_statistics(
+                state,
+                self.batch,
+                momentum=self.momentum,
+                epsilon=self.epsilon,
+                variance_correction=self.variance_correction,
+                renorm_momentum=self.renorm_momentum,
+                zero_debias=self.zero_debias,
+            )
 
 
 class BatchNormResult(NamedTuple):
@@ -56,14 +93,13 @@ class BatchNormResult(NamedTuple):
             (``moving_mean``, ``moving_variance``, and ``moving_stddev``, ``renorm_mean``,
             ``renorm_stddev`` with renorm, ``moving_mean_biased``, ``local_step`` with
             zero-debias), shaped like the arguments; empty in inference or for an empty batch.
-        batch_statistics: The per-channel moments the update used (ghost batches pooled),
-            shaped like ``moving_mean``, so the same update can be replayed later on other
-            state (deferred updates); None when there is nothing to update.
+        update: The update that produced ``new_stats``, to replay on other state later
+            (deferred updates); None when there is nothing to update.
     """
 
     output: torch.Tensor
     new_stats: dict[str, torch.Tensor]
-    batch_statistics: Moments | None = None
+    update: StatisticsUpdate | None = None
 
 
 class _View(NamedTuple):
@@ -299,7 +335,7 @@ def batch_norm(
         local_step: Zero-debias' step count, a scalar.
 
     Returns:
-        :class:`BatchNormResult`: the output, the new statistics, the batch statistics.
+        :class:`BatchNormResult`: the output, the new statistics, and the update itself.
 
     Raises:
         BatchNormError: on a bad argument; nothing is computed.
@@ -445,18 +481,16 @@ def batch_norm(
             weighted=weights is not None,
         )
     per_channel = Moments(
-        detached.count if detached.count.dim() == 0 else detached.count.reshape(moving_mean.shape),
+        detached.count.reshape(moving_mean.shape) if detached.count.dim() else detached.count,
         detached.mean.reshape(moving_mean.shape),
         detached.var.reshape(moving_mean.shape),
     )
-    with torch.no_grad():
-        new_stats = updated_statistics(
-            state,
-            per_channel,
-            momentum=momentum,
-            epsilon=epsilon,
-            variance_correction=moving_variance_correction,
-            renorm_momentum=renorm_momentum if renorm else None,
-            zero_debias=zero_debias_moving_mean,
-        )
-    return BatchNormResult(y, new_stats, per_channel)
+    update = StatisticsUpdate(
+        per_channel,
+        momentum,
+        epsilon,
+        moving_variance_correction,
+        renorm_momentum if renorm else None,
+        zero_debias_moving_mean,
+    )
+    return BatchNormResult(y, update.apply_to(state), update)

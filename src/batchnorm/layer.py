@@ -8,7 +8,7 @@ lives in the functional and the modules below it; this file holds the Keras laye
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,11 +23,13 @@ from batchnorm._errors import (
     check_epsilon,
     check_momentum,
     check_optional_bool,
+    check_renorm_clipping,
+    check_virtual_batch,
     fail,
 )
-from batchnorm.functional import batch_norm
+from batchnorm.functional import StatisticsUpdate, batch_norm
 
-__all__ = ["BatchNormalization"]
+__all__ = ["BatchNormalization", "BatchNormalizationV1", "PendingUpdate", "apply_updates"]
 
 _DTYPE_NAMES = {
     "float16": torch.float16,
@@ -105,11 +107,31 @@ class BatchNormalization(nn.Module):
             penalties are in :attr:`losses`.
         beta_constraint, gamma_constraint: From :mod:`batchnorm.constraints`; applied after an
             optimizer step, never in the forward pass (see :meth:`apply_constraints`).
+        renorm: Batch Renormalization (Ioffe, 2017): training normalises with the batch
+            moments, then corrects by ``r, d`` from moving renorm statistics, so the output
+            stops depending on the batch; adds the weights ``moving_stddev``, ``renorm_mean``
+            and ``renorm_stddev``. Works with every other option.
+        renorm_clipping: Dict with keys among ``rmin``, ``rmax``, ``dmax`` (floats or 0-d
+            tensors you may change between steps); a missing key means no clip.
+        renorm_momentum: Decay of the renorm statistics, in [0, 1]. Default 0.99.
         fused: None or True for the fast path, False for the reference path. It selects code,
-            not numbers (except through ``moving_variance_correction=None``).
+            not numbers (except through ``moving_variance_correction=None``), and every
+            option works on both paths (TensorFlow refuses several with ``fused=True``).
         trainable: False freezes the layer: it always runs in inference mode (Keras 2 rule)
             and ``gamma``/``beta`` get ``requires_grad=False``.
+        virtual_batch_size: Ghost batch norm: training statistics per group of this many
+            examples (it must divide the batch); the weights get TensorFlow's extra leading
+            dimension, e.g. ``(1, 1, C)``. Inference accepts any batch size.
+        adjustment: Callable taking the input's ``torch.Size`` and returning ``(scale, bias)``
+            broadcastable to the input, applied to the normalised value before gamma and beta,
+            in training only (not serialized by :meth:`get_config`).
         name: Keras name; unique default ``batch_normalization[_N]``.
+        zero_debias_moving_mean: tf-slim's debiased moving mean; adds ``moving_mean_biased``
+            and ``local_step``.
+        deferred_updates: Keep each training call's moving-statistics update pending in
+            :attr:`updates` until :meth:`apply_updates` (tf-slim's ``updates_collections``).
+        virtual_batch_layout: ``"strided"`` (TensorFlow: group ``k`` takes rows ``k, k+G,
+            ...``) or ``"contiguous"`` (rows ``kV .. kV+V-1``).
         moving_variance_correction: None stores the moving variance TensorFlow would store for
             the same arguments (Bessel-corrected where tf_keras runs its fused kernel: rank 4
             or 5, channels-first or -last axis, float16/32 variables, ``fused`` not False);
@@ -159,11 +181,19 @@ class BatchNormalization(nn.Module):
         gamma_regularizer: Any = None,
         beta_constraint: Any = None,
         gamma_constraint: Any = None,
+        renorm: bool = False,
+        renorm_clipping: Mapping[str, Any] | None = None,
+        renorm_momentum: float = 0.99,
         fused: bool | None = None,
         trainable: bool = True,
+        virtual_batch_size: int | None = None,
+        adjustment: Callable[[torch.Size], tuple[Any, Any]] | None = None,
         name: str | None = None,
         *,
+        zero_debias_moving_mean: bool = False,
+        deferred_updates: bool = False,
         moving_variance_correction: bool | None = None,
+        virtual_batch_layout: str = "strided",
         input_shape: Sequence[int | None] | None = None,
         dtype: Any = None,
         device: torch.device | str | None = None,
@@ -177,6 +207,28 @@ class BatchNormalization(nn.Module):
         check(isinstance(trainable, bool), "trainable", trainable, "True or False")
         check_optional_bool(fused, "fused")
         check_optional_bool(moving_variance_correction, "moving_variance_correction")
+        for flag, value in (
+            ("renorm", renorm),
+            ("zero_debias_moving_mean", zero_debias_moving_mean),
+            ("deferred_updates", deferred_updates),
+        ):
+            check(isinstance(value, bool), flag, value, "True or False")
+        self.renorm = renorm
+        self.renorm_clipping = check_renorm_clipping(renorm_clipping)
+        self.renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
+        check_virtual_batch(virtual_batch_size, virtual_batch_layout)
+        self.virtual_batch_size = virtual_batch_size
+        self.virtual_batch_layout = virtual_batch_layout
+        check(
+            adjustment is None or callable(adjustment),
+            "adjustment",
+            adjustment,
+            "None or a callable (input shape) -> (scale, bias)",
+        )
+        self.adjustment = adjustment
+        self.zero_debias_moving_mean = zero_debias_moving_mean
+        self.deferred_updates = deferred_updates
+        self._pending: list[PendingUpdate] = []
         check(name is None or isinstance(name, str), "name", name, "a string or None")
         self.center = center
         self.scale = scale
@@ -202,8 +254,8 @@ class BatchNormalization(nn.Module):
         self._build_input_shape: tuple[int | None, ...] | None = None
         self.register_parameter("gamma", None)
         self.register_parameter("beta", None)
-        self.register_buffer("moving_mean", None)
-        self.register_buffer("moving_variance", None)
+        for buffer in _STATE_NAMES:
+            self.register_buffer(buffer, None)
         if input_shape is not None:
             check(
                 isinstance(input_shape, (list, tuple, torch.Size)),
@@ -245,8 +297,17 @@ class BatchNormalization(nn.Module):
                 shape[d],
                 "a known, positive channel size",
             )
+        if self.virtual_batch_size is not None:
+            check(
+                0 not in layout.axes,
+                "axis",
+                self.axis,
+                "no batch axis (0) among the channel axes when virtual_batch_size is set",
+            )
         device = self._device
         param_shape = layout.param_shape
+        if self.virtual_batch_size is not None:  # TensorFlow's ghost-batch variable shape
+            param_shape = (1, 1, *layout.broadcast_shape[1:])
 
         def create(initializer: Any) -> torch.Tensor:
             value = initializer(param_shape, dtype=self._variable_dtype)
@@ -265,26 +326,44 @@ class BatchNormalization(nn.Module):
             self.beta = nn.Parameter(create(self.beta_initializer), self._trainable)
         self.moving_mean = create(self.moving_mean_initializer)
         self.moving_variance = create(self.moving_variance_initializer)
+        if self.renorm:  # tf_keras: stddevs start at sqrt(moving_variance), renorm_mean at mean
+            self.moving_stddev = torch.sqrt(self.moving_variance)
+            self.renorm_mean = self.moving_mean.clone()
+            self.renorm_stddev = torch.sqrt(self.moving_variance)
+        if self.zero_debias_moving_mean:  # tf-slim: both start at zero
+            self.moving_mean_biased = torch.zeros_like(self.moving_mean)
+            self.local_step = torch.zeros((), dtype=torch.float32, device=self.moving_mean.device)
         self._layout = layout
         self._build_input_shape = shape
 
     # ------------------------------------------------------------------ calling
-    def forward(self, inputs: torch.Tensor, training: bool | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        training: bool | None = None,
+        mask: torch.Tensor | None = None,
+        batch_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Normalise ``inputs``.
 
         Args:
             inputs: A tensor of rank >= 2 whose channel sizes match the built layer.
             training: True for batch statistics and a moving-statistics update, False for
                 inference, None to follow ``self.training`` (``train()``/``eval()``). A layer
-                with ``trainable=False`` always runs inference.
+                with ``trainable=False`` always runs inference (Keras 2 rule; the V1 class in
+                :mod:`batchnorm.compat.v1` normalises with batch statistics but skips the
+                update instead).
+            mask: Boolean tensor, the input's shape without its channel axes (Keras): masked
+                positions do not contribute to the statistics. Ignored in inference.
+            batch_weights: Shape ``(batch,)``, non-negative per-example weights of the
+                statistics (tf-slim). Ignored in inference.
 
         Raises:
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
-                built layer; weights and statistics are left unchanged.
-
+                built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
         check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
-        training = self._resolve_training(training)
+        training, update = self._resolve_training(training)
         if self._layout is not None:
             self._layout.with_batch(inputs.shape)
         else:
@@ -294,11 +373,10 @@ class BatchNormalization(nn.Module):
                 self._device = inputs.device
             self.build(inputs.shape)
         x = self._cast_input(inputs)
-        assert self.moving_mean is not None and self.moving_variance is not None
+        state = self._state()
         result = batch_norm(
             x,
-            self.moving_mean,
-            self.moving_variance,
+            *(state[name] for name in ("moving_mean", "moving_variance")),
             self.gamma,
             self.beta,
             training=training,
@@ -307,9 +385,29 @@ class BatchNormalization(nn.Module):
             epsilon=self.epsilon,
             fused=self.fused,
             moving_variance_correction=self.moving_variance_correction,
+            renorm=self.renorm,
+            renorm_clipping=self.renorm_clipping,
+            renorm_momentum=self.renorm_momentum,
+            virtual_batch_size=self.virtual_batch_size,
+            virtual_batch_layout=self.virtual_batch_layout,
+            adjustment=self.adjustment,
+            batch_weights=batch_weights,
+            mask=mask,
+            zero_debias_moving_mean=self.zero_debias_moving_mean,
+            **{name: state[name] for name in _STATE_NAMES[2:] if name in state},
         )
-        self._commit(result.new_stats)
+        if update and result.update is not None:
+            if self.deferred_updates:
+                self._pending.append(PendingUpdate(self, result.update))
+            else:
+                self._commit(result.new_stats)
         return result.output
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        """The moving statistics by TensorFlow name (only those this configuration has)."""
+        return {
+            name: getattr(self, name) for name in _STATE_NAMES if getattr(self, name) is not None
+        }
 
     def _cast_input(self, inputs: torch.Tensor) -> torch.Tensor:
         if self._compute_dtype is not None:
@@ -318,21 +416,62 @@ class BatchNormalization(nn.Module):
             return inputs.to(self._variable_dtype)
         return inputs
 
-    def _resolve_training(self, training: Any) -> bool:
-        if not self._trainable:
-            return False
+    # Keras 2 (V2) rule: a frozen layer runs inference. The V1 class overrides this.
+    _frozen_layer_uses_batch_statistics = False
+
+    def _resolve_training(self, training: Any) -> tuple[bool, bool]:
+        """(normalise with batch statistics?, update the moving statistics?)."""
         if training is None:
-            return self.training
-        if isinstance(training, torch.Tensor):
+            training = self.training
+        elif isinstance(training, torch.Tensor):
             check(training.numel() == 1, "training", training, "a bool or a 1-element tensor")
-            return bool(training.item())
-        check(isinstance(training, (bool, int)), "training", training, "None, True or False")
-        return bool(training)
+            training = bool(training.item())
+        else:
+            check(isinstance(training, (bool, int)), "training", training, "None, True or False")
+            training = bool(training)
+        if not self._trainable:
+            return training and self._frozen_layer_uses_batch_statistics, False
+        return training, training
 
     def _commit(self, new_stats: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for key, value in new_stats.items():
                 getattr(self, key).copy_(value)
+
+    # ------------------------------------------------------------------ deferred updates
+    @property
+    def updates(self) -> list[PendingUpdate]:
+        """Pending moving-statistics updates (``deferred_updates=True``), oldest first.
+
+        Each is callable: calling it applies that update to the current statistics. Updates
+        replay the recorded batch moments on the statistics as they are when applied, so two
+        pending updates applied in order equal two immediate updates.
+        """
+        return list(self._pending)
+
+    def apply_updates(self) -> None:
+        """Apply every pending update in order, then forget them.
+
+        With automatic mixed precision, call it only when the optimizer step was taken (the
+        scaler did not skip it), and :meth:`discard_updates` otherwise, so a step whose
+        gradients overflowed leaves the statistics as they were.
+
+        Example:
+            >>> layer = BatchNormalization(momentum=0.5, deferred_updates=True)
+            >>> _ = layer(torch.tensor([[2.0], [4.0]]), training=True)
+            >>> layer.moving_mean.tolist(), len(layer.updates)
+            ([0.0], 1)
+            >>> layer.apply_updates()
+            >>> layer.moving_mean.tolist(), len(layer.updates)
+            ([1.5], 0)
+        """
+        pending, self._pending = self._pending, []
+        for update in pending:
+            update()
+
+    def discard_updates(self) -> None:
+        """Forget every pending update; the statistics stay exactly as they are."""
+        self._pending = []
 
     # ------------------------------------------------------------------ Keras layer API
     @property
@@ -359,7 +498,7 @@ class BatchNormalization(nn.Module):
         return None if self._compute_dtype is None else str(self._compute_dtype)[6:]
 
     def _named_weights(self) -> list[tuple[str, torch.Tensor]]:
-        names = ["gamma", "beta", "moving_mean", "moving_variance"]
+        names = ("gamma", "beta", *_STATE_NAMES)
         return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
 
     @property
@@ -507,8 +646,10 @@ class BatchNormalization(nn.Module):
         """A JSON-serializable dict from which :meth:`from_config` rebuilds an equal layer.
 
         Keys follow tf_keras; ``axis`` is the raw value before build and the list of
-        normalised axes after build, as in tf_keras. ``fused`` and
-        ``moving_variance_correction`` appear only when set.
+        normalised axes after build, as in tf_keras; the renorm keys appear only with
+        ``renorm=True`` and ``virtual_batch_size`` only when set, as in tf_keras. Our own
+        options appear only when they differ from their defaults. ``adjustment`` is code, so
+        it is never serialized (as in tf_keras): pass it again to :meth:`from_config`'s result.
 
         Example:
             >>> config = BatchNormalization(axis=1, name="bn").get_config()
@@ -538,6 +679,20 @@ class BatchNormalization(nn.Module):
                 for name in names
             },
         }
+        if self.renorm:  # tf_keras lists the renorm keys only when renorm is on
+            config["renorm"] = True
+            config["renorm_clipping"] = {
+                key: float(value) for key, value in self.renorm_clipping.items()
+            }
+            config["renorm_momentum"] = self.renorm_momentum
+        if self.virtual_batch_size is not None:
+            config["virtual_batch_size"] = self.virtual_batch_size
+        if self.virtual_batch_layout != "strided":
+            config["virtual_batch_layout"] = self.virtual_batch_layout
+        if self.zero_debias_moving_mean:
+            config["zero_debias_moving_mean"] = True
+        if self.deferred_updates:
+            config["deferred_updates"] = True
         if self.fused is not None:
             config["fused"] = self.fused
         if self.moving_variance_correction is not None:
@@ -617,6 +772,78 @@ _INITIALIZER_ARGUMENTS = (
     "moving_mean_initializer",
     "moving_variance_initializer",
 )
+_STATE_NAMES = (
+    "moving_mean",
+    "moving_variance",
+    "moving_stddev",
+    "renorm_mean",
+    "renorm_stddev",
+    "moving_mean_biased",
+    "local_step",
+)
+
+
+class PendingUpdate:
+    """A deferred moving-statistics update of one layer; call it to apply it.
+
+    Holds the batch moments of one training call (see
+    :class:`batchnorm.functional.StatisticsUpdate`); applying recomputes the new statistics
+    from the layer's statistics at that moment, then removes itself from the layer's pending
+    list if it is still there.
+    """
+
+    def __init__(self, layer: BatchNormalization, update: StatisticsUpdate) -> None:
+        self.layer = layer
+        self.update = update
+
+    def __call__(self) -> None:
+        """Apply the update to the layer's current statistics."""
+        self.layer._commit(self.update.apply_to(self.layer._state()))
+        if self in self.layer._pending:
+            self.layer._pending.remove(self)
+
+    def __repr__(self) -> str:
+        return f"PendingUpdate(layer={self.layer.name!r})"
+
+
+def apply_updates(model: nn.Module) -> int:
+    """Apply the pending updates of every :class:`BatchNormalization` in ``model``.
+
+    Returns the number of updates applied.
+
+    Example:
+        >>> model = nn.Sequential(BatchNormalization(deferred_updates=True), nn.ReLU())
+        >>> _ = model(torch.randn(4, 3))
+        >>> apply_updates(model)
+        1
+    """
+    applied = 0
+    for module in model.modules():
+        if isinstance(module, BatchNormalization):
+            applied += len(module._pending)
+            module.apply_updates()
+    return applied
+
+
+class BatchNormalizationV1(BatchNormalization):
+    """The V1 layer (``tf.compat.v1.keras.layers`` / ``tf.layers``): seeds 000 and 001.
+
+    Identical to :class:`BatchNormalization` except for one rule: with ``trainable=False``
+    a training call still normalises with the batch statistics, but does not update the
+    moving statistics (TensorFlow's V1 "frozen layer"). ``fused`` never raises here, as in
+    TensorFlow's V1 class, which falls back silently where fusion is impossible.
+
+    Example:
+        >>> layer = BatchNormalizationV1(trainable=False, input_shape=(1,))
+        >>> layer(torch.tensor([[1.0], [3.0]]), training=True).flatten().round().tolist()
+        [-1.0, 1.0]
+        >>> layer.moving_mean.tolist()
+        [0.0]
+    """
+
+    _frozen_layer_uses_batch_statistics = True
+
+
 _CONFIG_KEYS = (
     "axis",
     "momentum",
@@ -636,4 +863,12 @@ _CONFIG_KEYS = (
     "name",
     "moving_variance_correction",
     "dtype",
+    "renorm",
+    "renorm_clipping",
+    "renorm_momentum",
+    "virtual_batch_size",
+    "virtual_batch_layout",
+    "adjustment",
+    "zero_debias_moving_mean",
+    "deferred_updates",
 )
