@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 import batchnorm as bn
 from batchnorm._kernels import stats_pass
-from batchnorm._moments import compute_moments
+from batchnorm._moments import compute_moments, pool_groups
+from batchnorm._types import Moments
 from batchnorm.functional import batch_norm
 
 
@@ -126,3 +127,141 @@ def test_a_bad_call_leaves_every_weight_and_statistic_unchanged(kind, seed):
         bad()
     for got, want in zip(layer.get_weights(), before, strict=True):
         assert np.array_equal(got, want)
+
+
+@given(st.lists(st.integers(0, 3), min_size=2, max_size=8), st.integers(1, 3), st.integers(0, 999))
+def test_integer_batch_weights_equal_repeated_rows(counts, channels, seed):
+    """Frequency weights: weight k counts a row k times (moments, outputs, moving statistics)."""
+    assume(sum(counts) >= 1)
+    x = torch.randn(
+        len(counts), channels, generator=torch.Generator().manual_seed(seed), dtype=torch.float64
+    )
+    weights = torch.tensor(counts, dtype=torch.float64)
+    repeated = x.repeat_interleave(torch.tensor(counts), dim=0)
+    stats = torch.zeros(channels, dtype=torch.float64), torch.ones(channels, dtype=torch.float64)
+    for fused in (None, False):
+        weighted = batch_norm(
+            x,
+            *stats,
+            training=True,
+            momentum=0.5,
+            batch_weights=weights,
+            fused=fused,
+            moving_variance_correction=False,
+        )
+        plain = batch_norm(
+            repeated,
+            *stats,
+            training=True,
+            momentum=0.5,
+            fused=fused,
+            moving_variance_correction=False,
+        )
+        for key in ("moving_mean", "moving_variance"):
+            torch.testing.assert_close(weighted.new_stats[key], plain.new_stats[key])
+        torch.testing.assert_close(
+            weighted.output.repeat_interleave(torch.tensor(counts), dim=0), plain.output
+        )
+
+
+@given(st.integers(1, 6), st.sampled_from(["strided", "contiguous"]), st.integers(0, 999))
+def test_one_ghost_batch_equals_plain_batch_norm(batch, layout, seed):
+    x = torch.randn(batch, 3, 4, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    stats = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    for fused in (None, False):
+        ghost = batch_norm(
+            x,
+            *stats,
+            training=True,
+            axis=1,
+            virtual_batch_size=batch,
+            virtual_batch_layout=layout,
+            fused=fused,
+        )
+        plain = batch_norm(
+            x, *stats, training=True, axis=1, fused=fused, moving_variance_correction=False
+        )
+        torch.testing.assert_close(ghost.output, plain.output)
+        for key in ("moving_mean", "moving_variance"):
+            torch.testing.assert_close(ghost.new_stats[key], plain.new_stats[key])
+
+
+@given(st.integers(2, 8), st.integers(0, 999), st.sampled_from([None, False]))
+def test_renorm_pinned_to_identity_equals_plain_batch_norm(batch, seed, fused):
+    """rmin = rmax = 1 and dmax = 0 make r = 1, d = 0: the output (and its gradient) is BN's."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 3, generator=generator, dtype=torch.float64) * 3 + 1
+    gamma = torch.rand(3, generator=generator, dtype=torch.float64) + 0.5
+    stats = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    renorm_state = {
+        "moving_stddev": torch.ones(3, dtype=torch.float64),
+        "renorm_mean": torch.randn(3, generator=generator, dtype=torch.float64),
+        "renorm_stddev": torch.rand(3, generator=generator, dtype=torch.float64),
+    }
+    outputs, grads = [], []
+    for renorm in (True, False):
+        xi = x.clone().requires_grad_(True)
+        extra = renorm_state if renorm else {}
+        y = batch_norm(
+            xi,
+            *stats,
+            gamma,
+            training=True,
+            fused=fused,
+            renorm=renorm,
+            renorm_clipping={"rmin": 1.0, "rmax": 1.0, "dmax": 0.0},
+            **extra,
+        ).output
+        y.pow(3).sum().backward()
+        outputs.append(y.detach())
+        grads.append(xi.grad)
+    torch.testing.assert_close(outputs[0], outputs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@given(st.integers(0, 999), st.sampled_from([None, False]), st.sampled_from(["nan", "inf"]))
+def test_nonfinite_values_at_masked_positions_never_reach_statistics(seed, fused, poison):
+    """Flax's check: what a mask excludes cannot leak into the moments or other outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(5, 4, 3, generator=generator)
+    mask = torch.rand(5, 4, generator=generator) > 0.4
+    mask[0, 0] = True
+    mask[1, 1] = False
+    poisoned = x.clone()
+    poisoned[~mask] = float(poison)
+    stats = torch.zeros(3), torch.ones(3)
+    clean = batch_norm(x, *stats, training=True, mask=mask, fused=fused)
+    dirty = batch_norm(poisoned, *stats, training=True, mask=mask, fused=fused)
+    for key in ("moving_mean", "moving_variance"):
+        assert torch.isfinite(dirty.new_stats[key]).all()
+        torch.testing.assert_close(dirty.new_stats[key], clean.new_stats[key])
+    torch.testing.assert_close(dirty.output[mask], clean.output[mask])
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 9), st.floats(-5, 5), st.floats(0.1, 4)), min_size=3, max_size=6
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_pooling_groups_is_order_independent_and_associative(groups, rng):
+    counts, means, variances = (
+        torch.tensor(list(column), dtype=torch.float64)[:, None]
+        for column in zip(*groups, strict=True)
+    )
+    whole = pool_groups(Moments(counts, means, variances), 0)
+    order = list(range(len(groups)))
+    rng.shuffle(order)
+    shuffled = pool_groups(Moments(counts[order], means[order], variances[order]), 0)
+    head = pool_groups(Moments(counts[:2], means[:2], variances[:2]), 0)
+    nested = pool_groups(
+        Moments(
+            torch.cat([head.count, counts[2:]]),
+            torch.cat([head.mean, means[2:]]),
+            torch.cat([head.var, variances[2:]]),
+        ),
+        0,
+    )
+    for other in (shuffled, nested):
+        for got, want in zip(other, whole, strict=True):
+            torch.testing.assert_close(got, want)

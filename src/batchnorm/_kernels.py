@@ -29,7 +29,7 @@ from math import prod
 import torch
 from torch.autograd.function import once_differentiable
 
-from batchnorm._moments import accumulation_dtype, weight_total
+from batchnorm._moments import accumulation_dtype, weight_total, weighted
 from batchnorm._types import Moments
 
 __all__ = ["NormalizeApply", "channel_sum", "channel_sum_of_squares", "stats_pass"]
@@ -142,9 +142,9 @@ def stats_pass(
         else:
             weights = weights.to(acc)
             count = weight_total(weights, x.shape, reduce_dims)
-            mean = _no_nan_divide(channel_sum(xs * weights, axes), count)
+            mean = _no_nan_divide(channel_sum(weighted(xs, weights), axes), count)
             centered = xs - mean
-            var = _no_nan_divide(channel_sum(centered * centered * weights, axes), count)
+            var = _no_nan_divide(channel_sum(weighted(centered * centered, weights), axes), count)
             count = count.expand_as(mean)
     return Moments(count=count, mean=mean, var=var), centered
 

@@ -20,6 +20,7 @@ Numerics:
     large against the spread. Inputs narrower than float32 are accumulated in float32; float64
     stays float64. A channel whose total weight is 0 gets mean 0 and variance 0 (TensorFlow's
     "no-NaN" division) and a count of 0, which callers use to leave its statistics alone.
+    Positions of weight 0 contribute exactly 0, even when they hold NaN or inf.
 """
 
 from __future__ import annotations
@@ -31,7 +32,13 @@ import torch
 
 from batchnorm._types import Moments
 
-__all__ = ["accumulation_dtype", "compute_moments", "pool_groups", "weight_total"]
+__all__ = [
+    "accumulation_dtype",
+    "compute_moments",
+    "pool_groups",
+    "weight_total",
+    "weighted",
+]
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -68,6 +75,18 @@ def weight_total(
     return total * broadcast
 
 
+def weighted(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``values * weights``, exactly 0 where the weight is 0 even if the value is NaN or inf.
+
+    So a masked-out or zero-weight position can never poison the statistics.
+
+    Example:
+        >>> weighted(torch.tensor([float("nan"), 2.0]), torch.tensor([0.0, 3.0])).tolist()
+        [0.0, 6.0]
+    """
+    return torch.where(weights != 0, values * weights, 0.0)
+
+
 def _safe_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
     """``numerator / total`` with 0 where ``total`` is 0, and finite gradients everywhere."""
     positive = total > 0
@@ -99,9 +118,9 @@ def compute_moments(
         return Moments(weight_total(None, x.shape, dims).to(xs), mean, var)
     weights = weights.detach().to(xs.dtype)
     total = weight_total(weights, x.shape, dims)
-    mean = _safe_divide((xs * weights).sum(dim=dims, keepdim=True), total)
+    mean = _safe_divide(weighted(xs, weights).sum(dim=dims, keepdim=True), total)
     centered = xs - mean
-    var = _safe_divide((centered * centered * weights).sum(dim=dims, keepdim=True), total)
+    var = _safe_divide(weighted(centered * centered, weights).sum(dim=dims, keepdim=True), total)
     return Moments(total.expand_as(mean) if total.dim() else total, mean, var)
 
 
