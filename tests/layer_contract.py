@@ -16,7 +16,18 @@ import torch
 
 import batchnorm as bn
 
-KERAS_ORDER = ["gamma", "beta", "moving_mean", "moving_variance"]
+# design.md: Keras order, then renorm's state (tf_keras' order), then zero-debias' (tf-slim's).
+KERAS_ORDER = [
+    "gamma",
+    "beta",
+    "moving_mean",
+    "moving_variance",
+    "moving_stddev",
+    "renorm_mean",
+    "renorm_stddev",
+    "moving_mean_biased",
+    "local_step",
+]
 
 
 def assert_layer_contract(layer: bn.BatchNormalization, x: torch.Tensor) -> None:

@@ -290,19 +290,19 @@ class BatchNormalization(nn.Module):
         check(not self.built, "build", tuple(input_shape), "a layer that is not built yet")
         shape = tuple(None if size is None else int(size) for size in input_shape)
         layout = ChannelLayout.from_axis(self.axis, [1 if s is None else s for s in shape])
-        for d in layout.axes:
-            check(
-                shape[d] is not None and shape[d] > 0,
-                f"input_shape[{d}]",
-                shape[d],
-                "a known, positive channel size",
-            )
         if self.virtual_batch_size is not None:
             check(
                 0 not in layout.axes,
                 "axis",
                 self.axis,
                 "no batch axis (0) among the channel axes when virtual_batch_size is set",
+            )
+        for d in layout.axes:
+            check(
+                shape[d] is not None and shape[d] > 0,
+                f"input_shape[{d}]",
+                shape[d],
+                "a known, positive channel size",
             )
         device = self._device
         param_shape = layout.param_shape
