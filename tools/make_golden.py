@@ -1,24 +1,48 @@
 """Write tests/golden/, the TensorFlow fixtures that the test suite compares batchnorm against.
 
-Every case builds one ``tf_keras.layers.BatchNormalization`` (TF-2 Keras, which is what
-``tf.keras`` was before Keras 3), sets random weights, runs several training steps under a
+Three libraries, named by each manifest entry's ``library``:
+
+- ``tf_keras``: ``tf_keras.layers.BatchNormalization`` (TF-2 Keras, which is what ``tf.keras``
+  was before Keras 3), including its training extensions: batch renormalization, ghost batches
+  (``virtual_batch_size``), ``adjustment`` and ``call(..., mask=...)``.
+- ``tf_keras_v1``: the V1 class behind ``tf.compat.v1.keras.layers.BatchNormalization``
+  (``trainable=False`` still normalizes with batch statistics, ``fused=None`` falls back).
+- ``tf_slim``: ``tf_slim.layers.batch_norm`` (``tf.contrib.layers.batch_norm``) run in TF-1
+  graph mode; see tools/golden_slim.py for how those cases run and what they record.
+
+Every Keras case builds one layer, sets random weights, runs several training steps under a
 ``tf.GradientTape`` and one inference step, and records inputs, outputs, gradients and every
 weight after every step. ``configs.json`` records ``get_config``, weight names, parameter counts
 and regularization losses for a few layers that are only built, never called.
+
+Manifest fields beyond the base format (``id``, ``file``, ``library``, ``layer_kwargs``,
+``input_shape``, ``input_dtype``, ``steps``, ``tf_fused``, ``weight_names``, ``weight_shapes``,
+``config``, ``description``), present only where they apply:
+
+- ``infer_shape``: the inference step's input shape when it differs from ``input_shape``
+  (ghost batches: inference accepts any batch size).
+- ``adjustment: true``: the layer got ``adjustment=lambda shape: (tf.constant(adjust_scale),
+  tf.constant(adjust_bias))``, the two arrays stored in the npz with the broadcast parameter
+  shape ((C,) for the last axis, (1, C, 1, 1) for axis=1 at rank 4). ``layer_kwargs`` omits it.
+- ``mask: true``: each step's call got ``mask=mask_<t>`` (bool, the input shape without its
+  last axis; step 2's mask is all False); ``mask_applied`` says whether TF used it (a fused
+  layer ignores it with a warning).
 
 TensorFlow is needed only to run this script; it is not a dependency of batchnorm, and the tests
 read the fixtures with numpy alone. Run it from the repository root in a separate environment:
 
     python3 -m venv /work/tfenv
-    /work/tfenv/bin/pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 numpy
+    /work/tfenv/bin/pip install tensorflow-cpu==2.21.0 tf-keras==2.21.0 tf-slim==1.1.0 numpy
     /work/tfenv/bin/python tools/make_golden.py
 
 Each case is also checked against an independent float64 numpy model of the semantics in
 shared/tf-semantics.md (biased batch variance in the output, the EMA rule, Bessel's correction of
-the moving variance on the fused path only, batch renormalization, strided ghost batches,
-``trainable=False`` forcing inference), so a generator that records the wrong thing fails loudly
-instead of writing fixtures. Output is deterministic: fixed seeds, op determinism on, and zip
-entries with a fixed timestamp, so a rerun with the same versions writes the same bytes.
+the moving variance on the fused path only, batch renormalization with its clipping, strided
+ghost batches, exact masked moments, the adjustment order ``((x_hat*r + d)*a_s + a_b)*gamma +
+beta``, ``trainable=False`` forcing inference in V2 but not in V1), so a generator that records
+the wrong thing fails loudly instead of writing fixtures; renorm cases with clipping must clip
+at least once. Output is deterministic: fixed seeds, op determinism on, and zip entries with a
+fixed timestamp, so a rerun with the same versions writes the same bytes.
 
 Storage notes: numpy has no bfloat16, so bfloat16 tensors (inputs, outputs and input gradients of
 bfloat16 cases) are stored as float32 holding exactly the bfloat16 values; ``input_dtype`` in the
@@ -28,6 +52,7 @@ manifest says what was fed. float16 tensors are stored as float16.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import io
 import json
 import math
@@ -46,6 +71,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 import tf_keras
+from golden_slim import build_slim_cases, generate_slim_case, load_slim
+from tf_keras.src.layers.normalization.batch_normalization_v1 import (
+    BatchNormalization as BatchNormalizationV1,
+)
 
 GENERATOR = "/work/tfenv/bin/python tools/make_golden.py"
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "tests" / "golden"
@@ -72,6 +101,11 @@ class Case:
     steps: int = STEPS
     default_init: bool = False
     special: str | None = None  # constant_channel, large_offset_channel, tiny_variance_channel
+    library: str = "tf_keras"  # or "tf_keras_v1": the tf.compat.v1.keras class
+    mask: str | None = None  # "random": a bool mask per step, passed to call(mask=...)
+    adjustment: bool = False  # a fixed (scale, bias) pair, stored as adjust_scale/adjust_bias
+    infer_batch: int | None = None  # batch size of the inference step when it differs
+    check_clipping: bool = True  # renorm clipping must bind at least once
 
 
 CLIP = {"rmin": 0.8, "rmax": 1.25, "dmax": 0.5}
@@ -340,10 +374,228 @@ def build_cases() -> list[Case]:
             "rank 2, virtual_batch_size=4 with renorm: r, d from ghost-averaged stats",
         ),
     ]
+    cases += build_extension_cases()
     ids = [case.id for case in cases]
     if len(set(ids)) != len(ids):
         raise ValueError("duplicate case ids")
     return cases
+
+
+def build_extension_cases() -> list[Case]:
+    """Training extensions: renorm, ghost batches, adjustment, masks, and the V1 class."""
+    c = Case
+    const4 = {"class_name": "Constant", "config": {"value": 4.0}}
+    renorm = {"renorm": True, "momentum": 0.9}
+    return [
+        # batch renormalization
+        c(
+            "r2_renorm_rmax",
+            {**renorm, "renorm_clipping": {"rmax": 1.1}, "renorm_momentum": 0.5},
+            (8, 3),
+            "rank 2, renorm clipping with rmax only (rmin 0, dmax inf)",
+        ),
+        c(
+            "r2_renorm_rmin_dmax",
+            {**renorm, "renorm_clipping": {"rmin": 0.9, "dmax": 0.3}, "renorm_momentum": 0.6},
+            (8, 4),
+            "rank 2, renorm clipping with rmin and dmax only",
+        ),
+        c(
+            "r2_renorm_noclip",
+            {**renorm, "renorm_momentum": 0.5},
+            (8, 3),
+            "rank 2, renorm without clipping, renorm_momentum 0.5 != momentum 0.9",
+        ),
+        c(
+            "r4_renorm_clip",
+            {**renorm, "renorm_clipping": CLIP, "renorm_momentum": 0.8},
+            (4, 3, 3, 3),
+            "rank 4 NHWC, renorm with clipping, renorm_momentum 0.8",
+        ),
+        c(
+            "r4_axis1_renorm_clip",
+            {**renorm, "axis": 1, "renorm_clipping": CLIP, "renorm_momentum": 0.8},
+            (4, 3, 3, 2),
+            "rank 4 NCHW (axis=1), renorm with clipping",
+        ),
+        c(
+            "r2_renorm_noaffine",
+            {**renorm, "center": False, "scale": False, "renorm_clipping": CLIP},
+            (8, 3),
+            "rank 2, renorm with clipping, center=False, scale=False",
+        ),
+        c(
+            "r3_renorm_noscale",
+            {**renorm, "scale": False, "renorm_clipping": CLIP, "renorm_momentum": 0.7},
+            (4, 5, 3),
+            "rank 3, renorm with clipping, scale=False",
+        ),
+        c(
+            "r2_renorm_mvinit4",
+            {
+                **renorm,
+                "moving_variance_initializer": const4,
+                "renorm_clipping": {"rmin": 0.5, "rmax": 2.0, "dmax": 1.0},
+                "renorm_momentum": 0.9,
+            },
+            (8, 4),
+            "rank 2, renorm, moving_variance_initializer 4.0 and default initial weights: "
+            "moving_stddev = renorm_stddev = 2",
+            default_init=True,
+        ),
+        # ghost batches; inference uses another batch size
+        c(
+            "r2_ghost_infer3",
+            {"virtual_batch_size": 4, "momentum": 0.9},
+            (8, 3),
+            "rank 2, virtual_batch_size=4 (2 strided ghosts), inference on a batch of 3",
+            infer_batch=3,
+        ),
+        c(
+            "r3_ghost",
+            {"virtual_batch_size": 2, "momentum": 0.9},
+            (8, 4, 3),
+            "rank 3, virtual_batch_size=2 (4 ghosts), inference on a batch of 3",
+            infer_batch=3,
+        ),
+        c(
+            "r4_ghost_nhwc",
+            {"virtual_batch_size": 3, "momentum": 0.9},
+            (6, 2, 3, 3),
+            "rank 4 NHWC, virtual_batch_size=3 (2 ghosts), inference on a batch of 4",
+            infer_batch=4,
+        ),
+        c(
+            "r4_ghost_axis1_infer5",
+            {"virtual_batch_size": 2, "axis": 1, "momentum": 0.9},
+            (4, 3, 3, 2),
+            "rank 4 NCHW, virtual_batch_size=2, inference on a batch of 5",
+            infer_batch=5,
+        ),
+        c(
+            "r2_ghost_full",
+            {"virtual_batch_size": 6, "momentum": 0.9},
+            (6, 4),
+            "rank 2, virtual_batch_size == batch: plain BN numbers, (1,1,C) weights",
+            infer_batch=3,
+        ),
+        c(
+            "r4_ghost_renorm_clip",
+            {"virtual_batch_size": 2, **renorm, "renorm_clipping": CLIP, "renorm_momentum": 0.8},
+            (4, 3, 3, 3),
+            "rank 4 NHWC, virtual_batch_size=2 with clipped renorm, inference on a batch of 3",
+            infer_batch=3,
+        ),
+        c(
+            "r2_ghost_noaffine",
+            {"virtual_batch_size": 4, "center": False, "scale": False, "momentum": 0.9},
+            (8, 3),
+            "rank 2, virtual_batch_size=4, center=False, scale=False",
+            infer_batch=5,
+        ),
+        c(
+            "r3_ghost_noscale",
+            {"virtual_batch_size": 3, "scale": False, "momentum": 0.9},
+            (6, 4, 3),
+            "rank 3, virtual_batch_size=3, scale=False",
+            infer_batch=2,
+        ),
+        c(
+            "r3_ghost_axis12",
+            {"virtual_batch_size": 4, "axis": [1, 2], "momentum": 0.9},
+            (8, 3, 2),
+            "rank 3, virtual_batch_size=4, axis=[1,2]: weights (1,1,3,2)",
+            infer_batch=3,
+        ),
+        # adjustment (training only; y = ((x_hat*r + d)*a_s + a_b)*gamma + beta)
+        c(
+            "r2_adjust",
+            {"momentum": 0.9},
+            (8, 4),
+            "rank 2, adjustment returning fixed (C,) scale and bias",
+            adjustment=True,
+        ),
+        c(
+            "r4_axis1_adjust",
+            {"axis": 1, "momentum": 0.9},
+            (4, 3, 3, 2),
+            "rank 4 NCHW, adjustment returning (1,C,1,1) scale and bias; not fused",
+            adjustment=True,
+        ),
+        c(
+            "r2_adjust_renorm",
+            {**renorm, "renorm_clipping": CLIP, "renorm_momentum": 0.7},
+            (8, 3),
+            "rank 2, adjustment with clipped renorm: renorm innermost",
+            adjustment=True,
+        ),
+        # masks (call(inputs, training, mask)); step 2 has an all-False mask
+        c(
+            "r3_mask",
+            {"momentum": 0.9},
+            (4, 6, 3),
+            "rank 3 (B,T,C), random (B,T) masks, one sample fully masked, step 2 all False",
+            mask="random",
+        ),
+        c(
+            "r4_mask",
+            {"fused": False, "momentum": 0.9},
+            (3, 3, 4, 3),
+            "rank 4 NHWC, fused=False, random (B,H,W) masks, step 2 all False",
+            mask="random",
+        ),
+        c(
+            "r4_mask_fused",
+            {"momentum": 0.9},
+            (3, 3, 4, 3),
+            "rank 4 NHWC, fused chosen automatically: TF ignores the mask (UserWarning)",
+            mask="random",
+        ),
+        # the V1 class, tf.compat.v1.keras.layers.BatchNormalization
+        c(
+            "v1_r2_frozen",
+            {"trainable": False, "momentum": 0.9},
+            (8, 4),
+            "V1 class, rank 2, trainable=False: batch statistics, no moving update",
+            library="tf_keras_v1",
+        ),
+        c(
+            "v1_r4_frozen",
+            {"trainable": False, "momentum": 0.9},
+            (4, 3, 3, 3),
+            "V1 class, rank 4 fused, trainable=False: batch statistics, no moving update",
+            library="tf_keras_v1",
+        ),
+        c(
+            "v1_r2_frozen_renorm",
+            {"trainable": False, **renorm, "renorm_clipping": CLIP, "renorm_momentum": 0.7},
+            (8, 3),
+            "V1 class, rank 2, trainable=False with renorm: moving stats frozen, but "
+            "renorm_mean and renorm_stddev still move",
+            library="tf_keras_v1",
+        ),
+        c(
+            "v1_r4_renorm",
+            {**renorm, "renorm_clipping": CLIP, "renorm_momentum": 0.8},
+            (4, 3, 3, 3),
+            "V1 class, rank 4, renorm with fused=None: silently non-fused",
+            library="tf_keras_v1",
+        ),
+        c(
+            "v1_r4_default",
+            {},
+            (4, 3, 3, 3),
+            "V1 class, rank 4, defaults: fused",
+            library="tf_keras_v1",
+        ),
+        c(
+            "v1_r2_default",
+            {"momentum": 0.9},
+            (8, 4),
+            "V1 class, rank 2: fused=None becomes True in __init__, False at build",
+            library="tf_keras_v1",
+        ),
+    ]
 
 
 def build_config_cases() -> list[tuple[dict[str, Any], tuple[int, ...]]]:
@@ -427,7 +679,10 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, array in arrays.items():
             buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            array = np.asarray(array)  # 0-d stays 0-d (np.ascontiguousarray makes it 1-d)
+            if not array.flags.c_contiguous:
+                array = np.ascontiguousarray(array)
+            np.lib.format.write_array(buffer, array, allow_pickle=False)
             info = zipfile.ZipInfo(f"{name}.npy", date_time=FIXED_TIME)
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, buffer.getvalue(), compresslevel=9)
@@ -463,6 +718,7 @@ def expected_fused(kwargs: dict[str, Any], rank: int) -> bool:
         and single
         and raw in (-4, -3, -1, 1, 3, 4)
         and kwargs.get("virtual_batch_size") is None
+        and not kwargs.get("adjustment")
         and compute in ("float16", "bfloat16", "float32")
     )
     if fused is False or not possible or rank not in (4, 5):
@@ -473,6 +729,13 @@ def expected_fused(kwargs: dict[str, Any], rank: int) -> bool:
     return normalized in (1, 3) if rank == 4 else True
 
 
+def expected_fused_v1(kwargs: dict[str, Any], rank: int) -> bool:
+    """The V1 class (tf-semantics.md 4.3): fused=None means True, then silently falls back."""
+    if kwargs.get("fused") is False:
+        return False
+    return expected_fused({**kwargs, "fused": None}, rank)
+
+
 # --------------------------------------------------------------------------------------------
 # Independent numpy model (float64)
 # --------------------------------------------------------------------------------------------
@@ -481,7 +744,7 @@ def expected_fused(kwargs: dict[str, Any], rank: int) -> bool:
 class NumpyModel:
     """Float64 model of one tf_keras BatchNormalization call, written from tf-semantics.md."""
 
-    def __init__(self, kwargs: dict[str, Any], rank: int, fused: bool) -> None:
+    def __init__(self, kwargs: dict[str, Any], rank: int, fused: bool, v1: bool = False) -> None:
         self.axes = normalize_axes(kwargs.get("axis", -1), rank)
         self.epsilon = float(kwargs.get("epsilon", 1e-3))
         self.momentum = float(kwargs.get("momentum", 0.99))
@@ -493,6 +756,10 @@ class NumpyModel:
         self.renorm_clipping = kwargs.get("renorm_clipping") or {}
         self.renorm_momentum = float(kwargs.get("renorm_momentum", 0.99))
         self.fused = fused
+        # V1 class (tf-semantics.md 5): trainable=False keeps batch statistics in training and
+        # only skips the moving-statistic update (the renorm statistics still move, see below).
+        self.v1 = v1
+        self.clip_counts = {"rmin": 0, "rmax": 0, "dmax": 0}
 
     def weight_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
         """Parameter shape per tf-semantics.md section 2."""
@@ -506,14 +773,27 @@ class NumpyModel:
         return tuple(shape[i] if i in axes else 1 for i in range(len(shape)))
 
     def __call__(
-        self, x: np.ndarray, dy: np.ndarray, weights: dict[str, np.ndarray], training: bool
+        self,
+        x: np.ndarray,
+        dy: np.ndarray,
+        weights: dict[str, np.ndarray],
+        training: bool,
+        mask: np.ndarray | None = None,
+        adjust: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Return ({y, dx, dgamma, dbeta}, weights after the call), all float64."""
-        training = training and self.trainable
+        """Return ({y, dx, dgamma, dbeta}, weights after the call), all float64.
+
+        ``mask`` has the input's shape without its last axis; ``adjust`` is the (scale, bias)
+        pair the adjustment callable returns. The fused path ignores a mask (section 4.2).
+        """
+        update = training and self.trainable
+        training = training and (self.trainable or self.v1)
         axes = self.axes
         xe, dye = x, dy
         ghost = self.virtual_batch_size is not None
         if ghost:
+            if mask is not None or adjust is not None:
+                raise ValueError("the model has no ghost batches with masks or adjustment")
             batch = x.shape[0]
             lead = (self.virtual_batch_size, batch // self.virtual_batch_size)
             lead = lead if training else (batch, 1)
@@ -542,8 +822,17 @@ class NumpyModel:
             return (var - (var - value) * decay).reshape(wshape)
 
         if training:
-            mean = xe.mean(axis=stat_axes, keepdims=True)
-            var = ((xe - mean) ** 2).mean(axis=stat_axes, keepdims=True)
+            # Frequency weights: the mask expanded over the last axis (tf-semantics.md 14.1),
+            # else ones. Division is no-NaN: zero total weight gives mean 0 and variance 0.
+            if mask is not None and not self.fused:
+                freq = np.broadcast_to(mask[..., None].astype(np.float64), xe.shape)
+            else:
+                freq = np.ones(xe.shape)
+            total = freq.sum(axis=stat_axes, keepdims=True)
+            safe = np.where(total > 0, total, 1.0)
+            mean = np.where(total > 0, (freq * xe).sum(axis=stat_axes, keepdims=True) / safe, 0.0)
+            var = (freq * (xe - mean) ** 2).sum(axis=stat_axes, keepdims=True) / safe
+            share = np.where(total > 0, freq / safe, 0.0)  # d(mean)/dx per position
             if ghost:
                 batch_mean = mean.mean(axis=1, keepdims=True)
                 batch_var = var.mean(axis=1, keepdims=True)
@@ -560,31 +849,42 @@ class NumpyModel:
                 d = (batch_mean - param("renorm_mean")) / renorm_stddev
                 clip = self.renorm_clipping
                 if "rmin" in clip:
+                    self.clip_counts["rmin"] += int((r < clip["rmin"]).sum())
                     r = np.maximum(r, clip["rmin"])
                 if "rmax" in clip:
+                    self.clip_counts["rmax"] += int((r > clip["rmax"]).sum())
                     r = np.minimum(r, clip["rmax"])
                 if "dmax" in clip:
+                    self.clip_counts["dmax"] += int((np.abs(d) > clip["dmax"]).sum())
                     d = np.clip(d, -clip["dmax"], clip["dmax"])
-            normalized = xhat * r + d
+            # y = ((x_hat * r + d) * a_s + a_b) * gamma + beta (tf-semantics.md 8)
+            a_s, a_b = (np.ones(bshape), np.zeros(bshape))
+            if adjust is not None:
+                a_s = adjust[0].astype(np.float64).reshape(bshape)
+                a_b = adjust[1].astype(np.float64).reshape(bshape)
+            normalized = (xhat * r + d) * a_s + a_b
             y = gamma * normalized + beta
-            g_mean = dye.mean(axis=stat_axes, keepdims=True)
-            gx_mean = (dye * xhat).mean(axis=stat_axes, keepdims=True)
-            dx = gamma * r * invstd * (dye - g_mean - xhat * gx_mean)
+            g_sum = dye.sum(axis=stat_axes, keepdims=True)
+            gx_sum = (dye * xhat).sum(axis=stat_axes, keepdims=True)
+            dx = gamma * r * a_s * invstd * (dye - share * g_sum - share * xhat * gx_sum)
             m = self.momentum
-            new["moving_mean"] = ema(param("moving_mean"), batch_mean, m)
             if self.renorm:
+                # The renorm statistics move even when a V1 layer is frozen (measured).
                 rm = self.renorm_momentum
                 new["renorm_mean"] = ema(param("renorm_mean"), batch_mean, rm)
                 new["renorm_stddev"] = ema(param("renorm_stddev"), stddev, rm)
-                moving_stddev = ema(param("moving_stddev"), stddev, m)
-                new["moving_stddev"] = moving_stddev
-                new["moving_variance"] = np.maximum(moving_stddev**2 - eps, 0.0)
-            else:
-                value = batch_var
-                if self.fused:
-                    count = math.prod(xe.shape[i] for i in stat_axes)
-                    value = batch_var * count / max(count - 1, 1)
-                new["moving_variance"] = ema(param("moving_variance"), value, m)
+            if update:
+                new["moving_mean"] = ema(param("moving_mean"), batch_mean, m)
+                if self.renorm:
+                    moving_stddev = ema(param("moving_stddev"), stddev, m)
+                    new["moving_stddev"] = moving_stddev
+                    new["moving_variance"] = np.maximum(moving_stddev**2 - eps, 0.0)
+                else:
+                    value = batch_var
+                    if self.fused:
+                        count = math.prod(xe.shape[i] for i in stat_axes)
+                        value = batch_var * count / max(count - 1, 1)
+                    new["moving_variance"] = ema(param("moving_variance"), value, m)
         else:
             invstd = 1.0 / np.sqrt(param("moving_variance") + eps)
             normalized = (xe - param("moving_mean")) * invstd
@@ -666,16 +966,18 @@ def make_input(
     offset: np.ndarray,
     std: np.ndarray,
     axes: list[int],
+    shape: tuple[int, ...] | None = None,
 ) -> tuple[tf.Tensor, np.ndarray]:
     """Draw x in float64, round it to the feed dtype; return (tensor fed, stored array)."""
-    x = offset + std * rng.normal(size=case.input_shape)
-    index = tuple(0 if i in axes else slice(None) for i in range(len(case.input_shape)))
+    shape = case.input_shape if shape is None else shape
+    x = offset + std * rng.normal(size=shape)
+    index = tuple(0 if i in axes else slice(None) for i in range(len(shape)))
     if case.special == "constant_channel":
         x[index] = 1.5
     elif case.special == "tiny_variance_channel":
         x[index] = 1e-3 * rng.normal(size=x[index].shape)
     elif case.special == "large_offset_channel":
-        index = tuple(1 if i == axes[0] else slice(None) for i in range(len(case.input_shape)))
+        index = tuple(1 if i == axes[0] else slice(None) for i in range(len(shape)))
         x[index] = 1000.0 + rng.normal(size=x[index].shape)
     if case.input_dtype == "float64":
         tensor = tf.constant(x)
@@ -695,13 +997,17 @@ def run_call(
     x: tf.Tensor,
     dy_np: np.ndarray,
     training: bool,
+    mask: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     params = {short_name(w): w for w in layer.weights if short_name(w) in ("gamma", "beta")}
     with tf.GradientTape() as tape:
         tape.watch(x)
         for variable in params.values():
             tape.watch(variable)  # trainable=False makes them non-trainable, not watched by default
-        y = layer(x, training=training)
+        if mask is None:
+            y = layer(x, training=training)
+        else:
+            y = layer(x, training=training, mask=tf.constant(mask))
         y_loss = tf.cast(y, loss_dtype(layer))
         loss = tf.reduce_sum(y_loss * tf.constant(dy_np, dtype=y_loss.dtype))
     names = list(params)
@@ -714,17 +1020,71 @@ def run_call(
     return out
 
 
+def make_mask(rng: np.random.Generator, shape: tuple[int, ...], step: int | str) -> np.ndarray:
+    """A bool mask of the input's shape without its last axis: random, one sample fully off.
+
+    Step 2 is all False (zero total weight: mean 0, variance 0, tf-semantics.md 14.1).
+    """
+    mask_shape = shape[:-1]
+    if step == 2:
+        return np.zeros(mask_shape, dtype=bool)
+    mask = rng.random(mask_shape) > 0.3
+    mask[rng.integers(mask_shape[0])] = False
+    return mask
+
+
+def make_layer(case: Case, adjust: tuple[np.ndarray, np.ndarray] | None) -> Any:
+    kwargs = dict(case.layer_kwargs)
+    if adjust is not None:
+        scale, bias = adjust
+
+        def adjustment(shape: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            del shape  # the same pair for every call
+            return tf.constant(scale), tf.constant(bias)
+
+        kwargs["adjustment"] = adjustment
+    if case.library == "tf_keras_v1":
+        return BatchNormalizationV1(**kwargs)
+    if case.library != "tf_keras":
+        raise ValueError(f"{case.id}: unknown library {case.library!r}")
+    return tf_keras.layers.BatchNormalization(**kwargs)
+
+
+def unchanged_weights(model: NumpyModel, names: list[str], training: bool) -> list[str]:
+    """The weights a call must leave bitwise unchanged (tf-semantics.md 3, 5 and 6)."""
+    if not training or (not model.trainable and not model.v1):
+        return names
+    if not model.trainable:  # V1 frozen: no moving update, but renorm statistics move
+        return [n for n in names if n not in ("renorm_mean", "renorm_stddev")]
+    if model.momentum == 1.0 and not model.renorm:
+        return names
+    return []
+
+
 def generate_case(case: Case, index: int, total: int) -> tuple[dict[str, Any], dict[str, Any]]:
     tf_keras.backend.clear_session()
     rng = case_rng(case.id)
     rank = len(case.input_shape)
-    layer = tf_keras.layers.BatchNormalization(**case.layer_kwargs)
+    v1 = case.library == "tf_keras_v1"
+    predicted_fused = expected_fused_v1 if v1 else expected_fused
+    fused_kwargs = {**case.layer_kwargs, "adjustment": case.adjustment}
+    fused = predicted_fused(fused_kwargs, rank)
+    model = NumpyModel(case.layer_kwargs, rank, fused, v1=v1)
+    adjust = None
+    if case.adjustment:
+        # The broadcast parameter shape, as TF requires: (C,) for the last axis, else full rank.
+        axis = model.axes[0]
+        pshape = tuple(case.input_shape[i] if i == axis else 1 for i in range(rank))
+        pshape = pshape[-1:] if axis == rank - 1 else pshape
+        adjust = (
+            rng.uniform(0.7, 1.4, size=pshape).astype(np.float32),
+            rng.normal(0.0, 0.3, size=pshape).astype(np.float32),
+        )
+    layer = make_layer(case, adjust)
     layer.build(tf.TensorShape(case.input_shape))
     tf_fused = getattr(layer, "fused", None)
-    fused = expected_fused(case.layer_kwargs, rank)
     if tf_fused is not None and bool(tf_fused) != fused:
         raise AssertionError(f"{case.id}: layer.fused={tf_fused}, tf-semantics predicts {fused}")
-    model = NumpyModel(case.layer_kwargs, rank, fused)
     names = [short_name(w) for w in layer.weights]
     shapes = [tuple(w.shape.as_list()) for w in layer.weights]
     for name, shape in zip(names, shapes, strict=True):
@@ -742,6 +1102,8 @@ def generate_case(case: Case, index: int, total: int) -> tuple[dict[str, Any], d
         layer.set_weights([init[n] for n in names])
     for name in names:
         arrays[f"init_{name}"] = init[name]
+    if adjust is not None:
+        arrays["adjust_scale"], arrays["adjust_bias"] = adjust
 
     axes = model.axes
     bshape = tuple(case.input_shape[i] if i in axes else 1 for i in range(rank))
@@ -753,15 +1115,24 @@ def generate_case(case: Case, index: int, total: int) -> tuple[dict[str, Any], d
     weights = dict(init)
     for step in [*range(case.steps), "infer"]:
         training = step != "infer"
-        x, x_np = make_input(rng, case, offset, std, axes)
-        dy_np = rng.normal(size=case.input_shape)
+        shape = case.input_shape
+        if not training and case.infer_batch is not None:
+            shape = (case.infer_batch, *case.input_shape[1:])
+        x, x_np = make_input(rng, case, offset, std, axes, shape)
+        dy_np = rng.normal(size=shape)
         # dy has the dtype of the loss: float32 for 16-bit outputs, else the output dtype
         dy_np = dy_np.astype(loss_dtype(layer).as_numpy_dtype)
-        result = run_call(layer, x, dy_np, training)
+        mask = make_mask(rng, shape, step) if case.mask else None
+        result = run_call(layer, x, dy_np, training, mask)
         after = dict(zip(names, layer.get_weights(), strict=True))
 
         ref, ref_weights = model(
-            x_np.astype(np.float64), dy_np.astype(np.float64), weights, training
+            x_np.astype(np.float64),
+            dy_np.astype(np.float64),
+            weights,
+            training,
+            mask=mask,
+            adjust=adjust,
         )
         for key, value in result.items():
             worst = max(worst, check_close(f"{case.id} step {step} {key}", value, ref[key], tol))
@@ -772,26 +1143,29 @@ def generate_case(case: Case, index: int, total: int) -> tuple[dict[str, Any], d
                     f"{case.id} step {step} {name}", after[name], ref_weights[name], stat_tol
                 ),
             )
-        frozen = model.momentum == 1.0 and not model.renorm
-        if not training or not model.trainable or frozen:
-            for name in names:
-                if not np.array_equal(after[name], weights[name]):
-                    raise AssertionError(f"{case.id} step {step}: {name} changed")
+        for name in unchanged_weights(model, names, training):
+            if not np.array_equal(after[name], weights[name]):
+                raise AssertionError(f"{case.id} step {step}: {name} changed")
         weights = after
 
         suffix = str(step)
         arrays[f"x_{suffix}"] = storable(x_np)
         arrays[f"dy_{suffix}"] = storable(dy_np)
+        if mask is not None:
+            arrays[f"mask_{suffix}"] = mask
         for key, value in result.items():
             arrays[f"{key}_{suffix}"] = storable(value)
         if training:
             for name in names:
                 arrays[f"{name}_{suffix}"] = after[name]
 
+    clipping = case.layer_kwargs.get("renorm_clipping") or {}
+    if clipping and case.check_clipping and not any(model.clip_counts.values()):
+        raise AssertionError(f"{case.id}: renorm clipping never bound, choose tighter bounds")
     entry = {
         "id": case.id,
         "file": f"{case.id}.npz",
-        "library": "tf_keras",
+        "library": case.library,
         "layer_kwargs": case.layer_kwargs,
         "input_shape": list(case.input_shape),
         "input_dtype": case.input_dtype,
@@ -802,9 +1176,19 @@ def generate_case(case: Case, index: int, total: int) -> tuple[dict[str, Any], d
         "config": to_json(layer.get_config()),
         "description": case.description,
     }
+    if case.infer_batch is not None:
+        entry["infer_shape"] = [case.infer_batch, *case.input_shape[1:]]
+    if case.adjustment:
+        entry["adjustment"] = True
+    if case.mask:
+        entry["mask"] = True
+        entry["mask_applied"] = not fused
+    clipped = ""
+    if clipping:
+        clipped = " clipped " + ",".join(f"{k}:{v}" for k, v in model.clip_counts.items())
     print(
-        f"[{index + 1:2d}/{total}] {case.id:28s} fused={tf_fused!s:5s} "
-        f"weights={len(names)} worst scaled error vs numpy model {worst:.2e}",
+        f"[{index + 1:3d}/{total}] {case.id:32s} fused={tf_fused!s:5s} "
+        f"weights={len(names)} worst scaled error vs numpy model {worst:.2e}{clipped}",
         flush=True,
     )
     return entry, arrays
@@ -832,6 +1216,7 @@ def versions() -> dict[str, str]:
     return {
         "tensorflow": tf.__version__,
         "tf_keras": tf_keras.__version__,
+        "tf_slim": importlib.metadata.version("tf-slim"),
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
@@ -850,12 +1235,26 @@ def main(argv: list[str] | None = None) -> int:
         stale.unlink(missing_ok=True)
 
     cases = build_cases()
-    print(f"writing {len(cases)} cases to {out} with TensorFlow {tf.__version__}", flush=True)
+    slim_cases = build_slim_cases()
+    total = len(cases) + len(slim_cases)
+    ids = [case.id for case in cases] + [case.id for case in slim_cases]
+    if len(set(ids)) != len(ids):
+        raise ValueError("duplicate case ids")
+    print(f"writing {total} cases to {out} with TensorFlow {tf.__version__}", flush=True)
     entries = []
     for index, case in enumerate(cases):
-        entry, arrays = generate_case(case, index, len(cases))
+        entry, arrays = generate_case(case, index, total)
         write_npz(out / entry["file"], arrays)
         entries.append(entry)
+    slim = load_slim()
+    for index, case in enumerate(slim_cases, start=len(cases)):
+        tf_keras.backend.clear_session()
+        entry, arrays, progress = generate_slim_case(
+            slim, case, case_rng(case.id), random_init, check_close
+        )
+        write_npz(out / entry["file"], arrays)
+        entries.append(entry)
+        print(f"[{index + 1:3d}/{total}] {case.id:32s} {progress}", flush=True)
 
     manifest = {
         "generator": " ".join([GENERATOR, *argv]),

@@ -401,6 +401,9 @@ class BatchNormalization(nn.Module):
                 self._pending.append(PendingUpdate(self, result.update))
             else:
                 self._commit(result.new_stats)
+        elif training and result.update is not None:  # a frozen V1 layer in training
+            frozen = self._frozen_layer_updates
+            self._commit({k: v for k, v in result.new_stats.items() if k in frozen})
         return result.output
 
     def _state(self) -> dict[str, torch.Tensor]:
@@ -416,8 +419,9 @@ class BatchNormalization(nn.Module):
             return inputs.to(self._variable_dtype)
         return inputs
 
-    # Keras 2 (V2) rule: a frozen layer runs inference. The V1 class overrides this.
+    # Keras 2 (V2) rule: a frozen layer runs inference. The V1 class overrides both.
     _frozen_layer_uses_batch_statistics = False
+    _frozen_layer_updates: tuple[str, ...] = ()
 
     def _resolve_training(self, training: Any) -> tuple[bool, bool]:
         """(normalise with batch statistics?, update the moving statistics?)."""
@@ -830,8 +834,10 @@ class BatchNormalizationV1(BatchNormalization):
 
     Identical to :class:`BatchNormalization` except for one rule: with ``trainable=False``
     a training call still normalises with the batch statistics, but does not update the
-    moving statistics (TensorFlow's V1 "frozen layer"). ``fused`` never raises here, as in
-    TensorFlow's V1 class, which falls back silently where fusion is impossible.
+    moving statistics (TensorFlow's V1 "frozen layer"). With renorm, TensorFlow still moves
+    ``renorm_mean`` and ``renorm_stddev`` in that case (measured), and so do we. ``fused``
+    never raises here, as in TensorFlow's V1 class, which falls back silently where fusion is
+    impossible.
 
     Example:
         >>> layer = BatchNormalizationV1(trainable=False, input_shape=(1,))
@@ -842,6 +848,7 @@ class BatchNormalizationV1(BatchNormalization):
     """
 
     _frozen_layer_uses_batch_statistics = True
+    _frozen_layer_updates = ("renorm_mean", "renorm_stddev")
 
 
 _CONFIG_KEYS = (
