@@ -89,7 +89,7 @@ def test_layer_facts_match_tf_keras(record):
                 assert got == pytest.approx(want, rel=1e-6), key
             else:
                 assert _strip(got) == _strip(want), key
-    names = [name for name, _ in layer._named_weights()]
+    names = layer.weight_names
     assert names == record["weight_names"]
     assert [
         n for n in names if any(getattr(layer, n) is w for w in layer.trainable_weights)

@@ -56,7 +56,7 @@ def test_renorm_state_starts_as_tensorflow_initialises_it():
         moving_mean_initializer={"class_name": "Constant", "config": {"value": 0.5}},
         input_shape=(3,),
     )
-    names = [name for name, _ in layer._named_weights()]
+    names = layer.weight_names
     assert names == [
         "gamma",
         "beta",
@@ -83,7 +83,7 @@ def test_zero_debias_first_update_sets_the_batch_mean_exactly():
     layer(x, training=True)
     torch.testing.assert_close(layer.moving_mean, x.mean(0))
     assert layer.local_step.item() == 1.0
-    names = [name for name, _ in layer._named_weights()]
+    names = layer.weight_names
     assert names[-2:] == ["moving_mean_biased", "local_step"]
 
 

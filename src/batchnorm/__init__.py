@@ -11,12 +11,13 @@ Example:
 
 from batchnorm import constraints, functional, initializers, regularizers
 from batchnorm._errors import BatchNormError
-from batchnorm.layer import BatchNormalization, apply_updates
+from batchnorm.layer import BatchNormalization, apply_updates, discard_updates
 
 __all__ = [
     "BatchNormError",
     "BatchNormalization",
     "apply_updates",
+    "discard_updates",
     "constraints",
     "functional",
     "initializers",

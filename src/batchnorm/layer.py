@@ -29,7 +29,13 @@ from batchnorm._errors import (
 )
 from batchnorm.functional import StatisticsUpdate, batch_norm
 
-__all__ = ["BatchNormalization", "BatchNormalizationV1", "PendingUpdate", "apply_updates"]
+__all__ = [
+    "BatchNormalization",
+    "BatchNormalizationV1",
+    "PendingUpdate",
+    "apply_updates",
+    "discard_updates",
+]
 
 _DTYPE_NAMES = {
     "float16": torch.float16,
@@ -506,6 +512,16 @@ class BatchNormalization(nn.Module):
         return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
 
     @property
+    def weight_names(self) -> list[str]:
+        """TensorFlow's names of :attr:`weights`, in the same order.
+
+        Example:
+            >>> BatchNormalization(center=False, input_shape=(2,)).weight_names
+            ['gamma', 'moving_mean', 'moving_variance']
+        """
+        return [name for name, _ in self._named_weights()]
+
+    @property
     def weights(self) -> list[torch.Tensor]:
         """All weights in Keras order: gamma, beta, moving_mean, moving_variance (if present)."""
         return [tensor for _, tensor in self._named_weights()]
@@ -827,6 +843,25 @@ def apply_updates(model: nn.Module) -> int:
             applied += len(module._pending)
             module.apply_updates()
     return applied
+
+
+def discard_updates(model: nn.Module) -> int:
+    """Drop the pending updates of every :class:`BatchNormalization` in ``model``.
+
+    Returns the number of updates dropped; the statistics stay exactly as they were.
+
+    Example:
+        >>> model = nn.Sequential(BatchNormalization(deferred_updates=True))
+        >>> _ = model(torch.randn(4, 3))
+        >>> discard_updates(model), model[0].moving_mean.tolist()
+        (1, [0.0, 0.0, 0.0])
+    """
+    dropped = 0
+    for module in model.modules():
+        if isinstance(module, BatchNormalization):
+            dropped += len(module._pending)
+            module.discard_updates()
+    return dropped
 
 
 class BatchNormalizationV1(BatchNormalization):
