@@ -9,7 +9,7 @@ Example:
 
 """
 
-from batchnorm import constraints, functional, initializers, regularizers
+from batchnorm import compat, constraints, functional, initializers, regularizers
 from batchnorm._errors import BatchNormError
 from batchnorm.layer import BatchNormalization, apply_updates, discard_updates
 
@@ -17,8 +17,9 @@ __all__ = [
     "BatchNormError",
     "BatchNormalization",
     "apply_updates",
-    "discard_updates",
+    "compat",
     "constraints",
+    "discard_updates",
     "functional",
     "initializers",
     "regularizers",

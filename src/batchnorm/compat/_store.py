@@ -116,65 +116,58 @@ class Graph:
 
     Scopes map a name (``"BatchNorm"``, ``"block1/bn"``) to the object that owns its variables.
     Collections map a name to a list, appended to in insertion order (duplicates allowed, as in
-    TensorFlow). Objects given a name with :meth:`name_object` can be filtered by scope in
-    :meth:`get_collection`. All methods are thread-safe.
+    TensorFlow). An item may carry a TensorFlow-style name (``"BatchNorm/gamma"``) so that
+    :meth:`get_collection` can filter by scope. All methods are thread-safe.
     """
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
-        self._collections: dict[str, list[Any]] = {}
+        self._collections: dict[str, list[tuple[str | None, Any]]] = {}
         self._scopes: dict[str, Any] = {}
-        self._names: dict[int, str] = {}
         self._default_name_counts: dict[str, int] = {}
 
     # ------------------------------------------------------------------ collections
-    def add_to_collection(self, name: str, value: Any) -> None:
-        """Append ``value`` to collection ``name`` (created when missing)."""
+    def add_to_collection(self, name: str, value: Any, item_name: str | None = None) -> None:
+        """Append ``value`` (named ``item_name`` for scope filters) to collection ``name``."""
         check(isinstance(name, str) and bool(name), "collection name", name, "a non-empty str")
         with self._lock:
-            self._collections.setdefault(name, []).append(value)
+            self._collections.setdefault(name, []).append((item_name, value))
 
-    def add_to_collections(self, names: Any, value: Any) -> None:
-        """Append ``value`` to each collection in ``names`` (one name or a list of names)."""
+    def add_to_collections(self, names: Any, value: Any, item_name: str | None = None) -> None:
+        """Append ``value`` to each collection in ``names`` (one name or a list), once each."""
         for name in dict.fromkeys(collection_names(names, "names")):
-            self.add_to_collection(name, value)
+            self.add_to_collection(name, value, item_name)
 
     def get_collection(self, name: str, scope: str | None = None) -> list[Any]:
         """A copy of collection ``name``; with ``scope``, only items whose name matches it.
 
-        ``scope`` is a regular expression matched (``re.match``) against the names given by
-        :meth:`name_object`, as in TensorFlow; items without a name are then left out.
+        ``scope`` is a regular expression matched (``re.match``) against the items' names, as
+        in TensorFlow; items added without a name are then left out.
         """
         with self._lock:
             items = list(self._collections.get(name, ()))
-            if scope is None:
-                return items
-            pattern = re.compile(scope)
-            return [
-                item
-                for item in items
-                if id(item) in self._names and pattern.match(self._names[id(item)])
-            ]
+        if scope is None:
+            return [value for _, value in items]
+        pattern = re.compile(scope)
+        return [value for item_name, value in items if item_name and pattern.match(item_name)]
 
-    def clear_collection(self, name: str) -> list[Any]:
-        """Empty collection ``name`` and return what it held."""
+    def clear_collection(self, name: str, scope: str | None = None) -> list[Any]:
+        """Remove the items :meth:`get_collection` ``(name, scope)`` returns; return them."""
         with self._lock:
-            return self._collections.pop(name, [])
+            items = self._collections.get(name, [])
+            if scope is None:
+                self._collections.pop(name, None)
+                return [value for _, value in items]
+            pattern = re.compile(scope)
+            taken = [(n, v) for n, v in items if n and pattern.match(n)]
+            kept = [(n, v) for n, v in items if not (n and pattern.match(n))]
+            self._collections[name] = kept
+            return [value for _, value in taken]
 
     def collection_keys(self) -> list[str]:
         """The names of the non-empty collections."""
         with self._lock:
             return [name for name, items in self._collections.items() if items]
-
-    def name_object(self, value: Any, name: str) -> None:
-        """Record ``name`` (``"BatchNorm/gamma"``) for ``value`` so scope filters can see it."""
-        with self._lock:
-            self._names[id(value)] = name
-
-    def object_name(self, value: Any) -> str | None:
-        """The name recorded for ``value``, or None."""
-        with self._lock:
-            return self._names.get(id(value))
 
     # ------------------------------------------------------------------ scopes
     def scope_names(self) -> list[str]:
@@ -203,7 +196,7 @@ class Graph:
             return self._scopes[scope]
 
     def unique_default_name(self, base: str) -> str:
-        """The next free name ``base``, ``base_1``, ``base_2``, ... (not reserved yet)."""
+        """The next free name among ``base``, ``base_1``, ``base_2``, ... (not reserved yet)."""
         with self._lock:
             index = self._default_name_counts.get(base, 0)
             while True:
@@ -228,11 +221,10 @@ class Graph:
                 self._default_name_counts[default_base] = index + 1
 
     def reset(self) -> None:
-        """Forget every scope, collection and name."""
+        """Forget every scope, collection and default-name counter."""
         with self._lock:
             self._collections.clear()
             self._scopes.clear()
-            self._names.clear()
             self._default_name_counts.clear()
 
 
