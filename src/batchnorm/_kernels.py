@@ -233,13 +233,26 @@ class NormalizeApply(torch.autograd.Function):
         """Backward reduce, then backward apply: ATen's kernel where it fits."""
         x, weights, mean, invstd, scale = ctx.saved_tensors
         need_x, need_scale, need_shift = ctx.needs
-        per_channel = scale.shape == mean.shape and ctx.shapes[1] == mean.shape
+        scale_shape, shift_shape = ctx.shapes
         native = None
-        if weights is None and per_channel:
-            native = _native_backward(x, dy, mean, invstd, scale, ctx.axes, ctx.needs)
-        dx, dscale, dshift = native or _composite_backward(
-            x, dy, weights, mean, invstd, scale, ctx.shapes[1], ctx.axes
-        )
+        if (
+            weights is None
+            and _per_kept_index(scale_shape, mean)
+            and _per_kept_index(shift_shape, mean)
+        ):
+            # Per channel, possibly shared across ghost groups: ATen's kernel takes the scale
+            # expanded to every kept index, and its sums fold back onto the shared shape.
+            native = _native_backward(
+                x, dy, mean, invstd, scale.expand(mean.shape), ctx.axes, ctx.needs
+            )
+        if native is not None:
+            dx, dscale, dshift = native
+            dscale = dscale.sum_to_size(scale_shape) if dscale is not None else None
+            dshift = dshift.sum_to_size(shift_shape) if dshift is not None else None
+        else:
+            dx, dscale, dshift = _composite_backward(
+                x, dy, weights, mean, invstd, scale, shift_shape, ctx.axes
+            )
         return (
             dx if need_x else None,
             None,
@@ -250,6 +263,14 @@ class NormalizeApply(torch.autograd.Function):
             dshift if need_shift else None,
             None,
         )
+
+
+def _per_kept_index(shape: torch.Size, mean: torch.Tensor) -> bool:
+    """Whether a tensor of ``shape`` varies at most along the kept dimensions of ``mean``."""
+    if len(shape) > mean.dim():
+        return False
+    padded = (1,) * (mean.dim() - len(shape)) + tuple(shape)
+    return all(size in (1, kept) for size, kept in zip(padded, mean.shape, strict=True))
 
 
 def _native_backward(
