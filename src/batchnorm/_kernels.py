@@ -23,7 +23,7 @@ contiguous row or column sums; anything else falls back to a plain multi-dimensi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import prod
 
 import torch
@@ -98,28 +98,48 @@ def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor
     """
     keep = _keep_shape(t, axes)
     view = _block_view(t, axes)
-    if view is None:
-        reduce_dims = [d for d in range(t.dim()) if d not in axes]
-        return torch.linalg.vector_norm(t, dim=reduce_dims, keepdim=True).square()
-    if view.shape[2] > 1:
+    if view is not None and view.shape[2] > 1:
         return torch.linalg.vector_norm(view, dim=2).square().sum(dim=0).view(keep)
-    # Channels innermost: torch's norm along a strided dimension is ~20x slower than a sum, so
-    # square blocks of rows into a small, cache-resident temporary and take column sums.
-    columns = view[:, :, 0]
-    rows = max(1, _SQUARES_BLOCK_ELEMENTS // columns.shape[1])
-    if columns.shape[0] <= rows:
-        return (columns * columns).sum(dim=0).view(keep)
-    block = torch.empty((rows, columns.shape[1]), dtype=t.dtype, device=t.device)
-    total = torch.zeros(columns.shape[1], dtype=t.dtype, device=t.device)
-    for start in range(0, columns.shape[0], rows):
-        part = columns[start : start + rows]
-        squares = torch.mul(part, part, out=block[: part.shape[0]])
-        total += squares.sum(dim=0)
-    return total.view(keep)
+    # Channels innermost, or kept axes apart: torch's norm along strided dimensions is ~20x
+    # slower than a sum, so square blocks into a small, cache-resident temporary and sum.
+    return _blocked_channel_sum(lambda block: block * block, axes, t)
 
 
-# Rows squared at a time by channel_sum_of_squares: 4 MB of float32, well inside L2 + L3.
-_SQUARES_BLOCK_ELEMENTS = 1 << 20
+# Elements per block of _blocked_channel_sum: 4 MB of float32, well inside L2 + L3.
+_BLOCK_ELEMENTS = 1 << 20
+
+
+def _blocked_channel_sum(
+    product: Callable[..., torch.Tensor], axes: Sequence[int], *tensors: torch.Tensor
+) -> torch.Tensor:
+    """``channel_sum(product(*tensors), axes)`` without a full-size temporary.
+
+    ``product`` (elementwise, broadcasting) runs on slices along the outermost dimension in
+    memory, so each temporary it makes is about 4 MB and stays in cache; the first tensor
+    fixes the layout, the others are sliced alongside it or broadcast.
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(3, 2)
+        >>> _blocked_channel_sum(torch.mul, [1], x, x).flatten().tolist()
+        [20.0, 35.0]
+    """
+    first = tensors[0]
+    dim = _memory_order(first)[0] if first.dim() else 0
+    size = first.shape[dim] if first.dim() else 1
+    step = max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1)))
+    if step >= size or dim in axes:
+        return channel_sum(product(*tensors), axes)
+    total = None
+    for start in range(0, size, step):
+        length = min(step, size - start)
+        blocks = [
+            t.narrow(dim, start, length) if t.dim() == first.dim() and t.shape[dim] == size else t
+            for t in tensors
+        ]
+        part = channel_sum(product(*blocks), axes)
+        total = part if total is None else total.add_(part)
+    assert total is not None
+    return total
 
 
 def _no_nan_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
@@ -155,11 +175,16 @@ def stats_pass(
         else:
             weights = weights.to(acc)
             count = weight_total(weights, x.shape, reduce_dims)
-            mean = _no_nan_divide(channel_sum(weighted(xs, weights), axes), count)
+            mean = _no_nan_divide(_blocked_channel_sum(weighted, axes, xs, weights), count)
             centered = xs - mean
-            var = _no_nan_divide(channel_sum(weighted(centered * centered, weights), axes), count)
+            squares = _blocked_channel_sum(_weighted_square, axes, centered, weights)
+            var = _no_nan_divide(squares, count)
             count = count.expand_as(mean)
     return Moments(count=count, mean=mean, var=var), centered
+
+
+def _weighted_square(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return weighted(values * values, weights)
 
 
 def _reduce_to(t: torch.Tensor, shape: torch.Size, axes: Sequence[int]) -> torch.Tensor:
@@ -333,29 +358,37 @@ def _composite_backward(
 
     .. math::
 
-        dB = \sum dy, \quad dA = \sum dy \hat{x}, \quad
+        dB = \sum dy, \quad dA = \sum dy\, \hat{x}, \quad
         dx = \sigma^{-1} \left(g - \frac{w}{W}\left(\sum g + \hat{x} \sum g \hat{x}\right)
         \right), \quad g = A\, dy
+
+    One full-size buffer: ``x - mean``, turned into ``dx`` in place; the products inside the
+    sums are formed in cache-sized blocks.
     """
     acc = mean.dtype
     dy = dy.to(acc)
     reduce_dims = [d for d in range(x.dim()) if d not in axes]
     centered = x.to(acc) - mean
-    x_hat = centered * invstd
-    dshift = _reduce_to(dy, shift_shape, axes)
-    dy_x_hat = dy * x_hat
-    dscale = _reduce_to(dy_x_hat, scale.shape, axes)
-    if scale.shape == mean.shape:  # per channel: the sums of g factor through scale
-        sum_g, sum_g_x_hat = scale * channel_sum(dy, axes), scale * channel_sum(dy_x_hat, axes)
-        g = dy * scale
+    per_channel = scale.shape == mean.shape
+    sum_dy = channel_sum(dy, axes)
+    dshift = sum_dy if shift_shape == mean.shape else dy.sum_to_size(shift_shape)
+    sum_dy_centered = _blocked_channel_sum(torch.mul, axes, dy, centered)
+    if per_channel:
+        dscale = sum_dy_centered * invstd
+        sum_g, sum_g_centered = scale * sum_dy, scale * sum_dy_centered
     else:
-        g = dy * scale
-        sum_g, sum_g_x_hat = channel_sum(g, axes), channel_sum(g * x_hat, axes)
+        dscale = (dy * centered * invstd).sum_to_size(scale.shape)
+        sum_g = _blocked_channel_sum(torch.mul, axes, dy, scale)
+        sum_g_centered = _blocked_channel_sum(_triple_product, axes, dy, scale, centered)
     total = weight_total(weights, x.shape, reduce_dims).to(acc)
-    share = (weights.to(acc) if weights is not None else 1.0) * _no_nan_divide(
-        torch.ones_like(total), total
-    )
-    # dx = invstd * (g - share * (sum_g + x_hat * sum_g_x_hat)), written over x_hat.
-    correction = torch.addcmul(sum_g, x_hat, sum_g_x_hat, out=x_hat).mul_(share)
-    dx = torch.sub(g, correction, out=correction).mul_(invstd).to(x.dtype)
-    return dx, dscale, dshift
+    # dx = invstd * (g - w / W * (sum_g + x_hat * sum_g_x_hat)), written over ``centered``.
+    dx = torch.addcmul(sum_g, centered, invstd * invstd * sum_g_centered, out=centered)
+    if weights is not None:
+        dx.mul_(weights.to(acc))  # separately: w times a per-channel factor could be full-size
+    dx.mul_(_no_nan_divide(-invstd, total))
+    dx.addcmul_(dy, scale * invstd)
+    return dx.to(x.dtype), dscale, dshift
+
+
+def _triple_product(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return a * b * c
