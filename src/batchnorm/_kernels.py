@@ -170,8 +170,14 @@ def stats_pass(
         if weights is None:
             count = weight_total(None, x.shape, reduce_dims).to(xs)
             mean = channel_sum(xs, axes) / count
-            centered = xs - mean
-            var = channel_sum_of_squares(centered, axes) / count
+            centered = torch.empty_like(xs)
+
+            def center_and_square(block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                deviation = torch.sub(block, mean, out=out)
+                return deviation * deviation
+
+            # One pass writes x - mean and sums its squares while the block is in cache.
+            var = _blocked_channel_sum(center_and_square, axes, xs, centered) / count
         else:
             weights = weights.to(acc)
             count = weight_total(weights, x.shape, reduce_dims)
