@@ -244,6 +244,37 @@ def _output_affine(
     return output
 
 
+def _inference_output(
+    x: torch.Tensor,
+    layout: ChannelLayout,
+    moving_mean: torch.Tensor,
+    moving_variance: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    epsilon: float,
+    fast: bool,
+) -> torch.Tensor:
+    """Inference output: one ``x * scale + shift`` pass (fast) or the steps written out.
+
+    The moving statistics fold into the per-channel ``scale`` and ``shift`` on the fast path;
+    the reference path normalises with them explicitly.
+    """
+    acc = accumulation_dtype(x.dtype)
+    shape = layout.broadcast_shape
+    mean = moving_mean.reshape(shape).to(acc)
+    var = moving_variance.reshape(shape).to(acc)
+    output = gamma_beta_affine(
+        _per_channel(gamma, "gamma", layout, shape, acc),
+        _per_channel(beta, "beta", layout, shape, acc),
+        like=mean,
+    )
+    if fast:
+        folded = inference_affine(mean, var, epsilon, output)
+        return torch.addcmul(folded.shift, x.to(acc), folded.scale).to(x.dtype)
+    frozen = Moments(count=torch.ones((), dtype=acc), mean=mean, var=var)
+    return reference_normalize_apply(x, frozen, invstd(var, epsilon), output)
+
+
 def batch_norm(
     x: torch.Tensor,
     moving_mean: torch.Tensor,
@@ -407,24 +438,10 @@ def batch_norm(
             _per_channel(tensor, name, layout, layout.broadcast_shape, acc)
 
     if not training:
-        shape = layout.broadcast_shape
-        mean_b, var_b = (
-            _per_channel(t, n, layout, shape, acc)
-            for n, t in (("moving_mean", moving_mean), ("moving_variance", moving_variance))
+        return BatchNormResult(
+            _inference_output(x, layout, moving_mean, moving_variance, gamma, beta, epsilon, fast),
+            {},
         )
-        assert mean_b is not None and var_b is not None
-        output = gamma_beta_affine(
-            _per_channel(gamma, "gamma", layout, shape, acc),
-            _per_channel(beta, "beta", layout, shape, acc),
-            like=mean_b,
-        )
-        if fast:
-            folded = inference_affine(mean_b, var_b, epsilon, output)
-            y = torch.addcmul(folded.shift, x.to(acc), folded.scale).to(x.dtype)
-        else:
-            frozen = Moments(count=torch.ones((), dtype=acc), mean=mean_b, var=var_b)
-            y = reference_normalize_apply(x, frozen, invstd(var_b, epsilon), output)
-        return BatchNormResult(y, {})
 
     weights = _example_weights(x, layout, batch_weights, mask, acc)
     view = _make_view(layout, virtual_batch_size, virtual_batch_layout)
