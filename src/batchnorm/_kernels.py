@@ -170,14 +170,21 @@ def stats_pass(
         if weights is None:
             count = weight_total(None, x.shape, reduce_dims).to(xs)
             mean = channel_sum(xs, axes) / count
-            centered = torch.empty_like(xs)
+            view = _block_view(xs, axes)
+            if view is not None and view.shape[2] > 1:
+                # Rows of x: torch's row norms read x - mean once, with no temporary.
+                centered = xs - mean
+                var = channel_sum_of_squares(centered, axes) / count
+            else:
+                centered = torch.empty_like(xs)
 
-            def center_and_square(block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-                deviation = torch.sub(block, mean, out=out)
-                return deviation * deviation
+                def center_and_square(block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                    deviation = torch.sub(block, mean, out=out)
+                    return deviation * deviation
 
-            # One pass writes x - mean and sums its squares while the block is in cache.
-            var = _blocked_channel_sum(center_and_square, axes, xs, centered) / count
+                # Channels innermost: write x - mean and sum its squares block by block, while
+                # each block is in cache (a strided norm would be ~20x slower).
+                var = _blocked_channel_sum(center_and_square, axes, xs, centered) / count
         else:
             weights = weights.to(acc)
             count = weight_total(weights, x.shape, reduce_dims)
