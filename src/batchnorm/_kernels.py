@@ -188,16 +188,35 @@ def stats_pass(
         else:
             weights = weights.to(acc)
             count = weight_total(weights, x.shape, reduce_dims)
-            mean = _no_nan_divide(_blocked_channel_sum(weighted, axes, xs, weights), count)
+            mean = _no_nan_divide(_weighted_channel_sum(False, axes, xs, weights), count)
             centered = xs - mean
-            squares = _blocked_channel_sum(_weighted_square, axes, centered, weights)
-            var = _no_nan_divide(squares, count)
+            var = _no_nan_divide(_weighted_channel_sum(True, axes, centered, weights), count)
             count = count.expand_as(mean)
     return Moments(count=count, mean=mean, var=var), centered
 
 
 def _weighted_square(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return weighted(values * values, weights)
+
+
+def _plain_weighted_square(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return values * values * weights
+
+
+def _weighted_channel_sum(
+    square: bool, axes: Sequence[int], values: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Per-channel sum of ``weights * values`` (or ``* values ** 2``), zero-weight-safe.
+
+    Plain products first; only if the sum is not finite (a NaN or inf somewhere) is it redone
+    with :func:`batchnorm._moments.weighted`, which makes zero-weight positions contribute
+    exactly 0, so masked-out garbage never reaches the statistics either way.
+    """
+    plain = _plain_weighted_square if square else torch.mul
+    total = _blocked_channel_sum(plain, axes, values, weights)
+    if bool(torch.isfinite(total).all()):
+        return total
+    return _blocked_channel_sum(_weighted_square if square else weighted, axes, values, weights)
 
 
 def _reduce_to(t: torch.Tensor, shape: torch.Size, axes: Sequence[int]) -> torch.Tensor:
