@@ -32,7 +32,13 @@ from torch.autograd.function import once_differentiable
 from batchnorm._moments import accumulation_dtype, weight_total, weighted
 from batchnorm._types import Moments
 
-__all__ = ["NormalizeApply", "channel_sum", "channel_sum_of_squares", "stats_pass"]
+__all__ = [
+    "NormalizeApply",
+    "channel_sum",
+    "channel_sum_of_squares",
+    "native_inference",
+    "stats_pass",
+]
 
 
 def _memory_order(t: torch.Tensor) -> list[int]:
@@ -424,3 +430,46 @@ def _composite_backward(
 
 def _triple_product(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return a * b * c
+
+
+def native_inference(
+    x: torch.Tensor,
+    axes: Sequence[int],
+    moving_mean: torch.Tensor,
+    moving_variance: torch.Tensor,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    epsilon: float,
+) -> torch.Tensor | None:
+    """Inference through ``torch.nn.functional.batch_norm`` over the block view of ``x``.
+
+    One pass, ATen's own kernel and its autograd; the per-channel tensors may have any shape
+    with ``C`` elements. None when ``x`` has no block view (kept axes apart in memory).
+
+    Example:
+        >>> x = torch.tensor([[1.0], [3.0]])
+        >>> native_inference(x, [1], torch.ones(1), torch.ones(1), None, None, 0.0).tolist()
+        [[0.0], [2.0]]
+    """
+    if x.dim() in (4, 5) and tuple(axes) == (1,):
+        block, restore = x, None
+    else:
+        view = _block_view(x, axes)
+        if view is None:
+            return None
+        block, restore = (view[:, :, 0] if view.shape[2] == 1 else view), x
+    acc = accumulation_dtype(x.dtype)  # ATen takes 16-bit inputs with float32 statistics
+
+    def flat(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.reshape(-1).to(acc)
+
+    y = torch.nn.functional.batch_norm(
+        block,
+        flat(moving_mean),
+        flat(moving_variance),
+        flat(gamma),
+        flat(beta),
+        training=False,
+        eps=epsilon,
+    )
+    return y if restore is None else _from_block_view(y, restore)

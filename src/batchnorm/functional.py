@@ -36,7 +36,7 @@ from batchnorm._errors import (
     check_renorm_clipping,
     check_virtual_batch,
 )
-from batchnorm._kernels import NormalizeApply, stats_pass
+from batchnorm._kernels import NormalizeApply, native_inference, stats_pass
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
@@ -254,10 +254,11 @@ def _inference_output(
     epsilon: float,
     fast: bool,
 ) -> torch.Tensor:
-    """Inference output: one ``x * scale + shift`` pass (fast) or the steps written out.
+    """Inference output: one pass (fast) or the steps written out (reference).
 
-    The moving statistics fold into the per-channel ``scale`` and ``shift`` on the fast path;
-    the reference path normalises with them explicitly.
+    The fast path is ATen's inference kernel wherever the layout has a block view, else the
+    moving statistics folded into one ``x * scale + shift``; the reference path normalises
+    with them explicitly.
     """
     acc = accumulation_dtype(x.dtype)
     shape = layout.broadcast_shape
@@ -269,6 +270,11 @@ def _inference_output(
         like=mean,
     )
     if fast:
+        native = native_inference(
+            x, layout.axes, moving_mean, moving_variance, gamma, beta, epsilon
+        )
+        if native is not None:
+            return native
         folded = inference_affine(mean, var, epsilon, output)
         return torch.addcmul(folded.shift, x.to(acc), folded.scale).to(x.dtype)
     frozen = Moments(count=torch.ones((), dtype=acc), mean=mean, var=var)
