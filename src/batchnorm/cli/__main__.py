@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from batchnorm.cli import demo
+from batchnorm.cli import bench, demo
 
 __all__ = ["build_parser", "main"]
 
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
     commands.required = True
     demo.add_parser(commands)
+    bench.add_parser(commands)
     return parser
 
 
