@@ -260,6 +260,12 @@ def _inference_output(
     moving statistics folded into one ``x * scale + shift``; the reference path normalises
     with them explicitly.
     """
+    if fast:
+        native = native_inference(
+            x, layout.axes, moving_mean, moving_variance, gamma, beta, epsilon
+        )
+        if native is not None:
+            return native
     acc = accumulation_dtype(x.dtype)
     shape = layout.broadcast_shape
     mean = moving_mean.reshape(shape).to(acc)
@@ -270,11 +276,6 @@ def _inference_output(
         like=mean,
     )
     if fast:
-        native = native_inference(
-            x, layout.axes, moving_mean, moving_variance, gamma, beta, epsilon
-        )
-        if native is not None:
-            return native
         folded = inference_affine(mean, var, epsilon, output)
         return torch.addcmul(folded.shift, x.to(acc), folded.scale).to(x.dtype)
     frozen = Moments(count=torch.ones((), dtype=acc), mean=mean, var=var)
