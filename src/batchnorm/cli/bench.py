@@ -78,9 +78,10 @@ import torch
 
 import batchnorm as bn
 from batchnorm.cli import _composites
+from batchnorm.cli._arguments import integer_at_least
 
 if TYPE_CHECKING:
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    from batchnorm.cli._arguments import SubParsers
 
 __all__ = [
     "CANDIDATES",
@@ -1240,19 +1241,6 @@ def _names(choices: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def _integer_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-
-    return parse
-
-
 def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
     """Register the ``bench`` subcommand.
 
@@ -1297,18 +1285,18 @@ def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--rounds",
-        type=_integer_at_least(1, "a positive integer"),
+        type=integer_at_least(1, "a positive integer"),
         help=f"interleaved rounds per case (default {DEFAULT_ROUNDS}, --quick {QUICK_ROUNDS})",
     )
     parser.add_argument(
         "--warmup",
-        type=_integer_at_least(0, "a non-negative integer"),
+        type=integer_at_least(0, "a non-negative integer"),
         help=f"warm-up calls per candidate (default {DEFAULT_WARMUP}, --quick {QUICK_WARMUP})",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     parser.add_argument(
         "--threads",
-        type=_integer_at_least(1, "a positive integer"),
+        type=integer_at_least(1, "a positive integer"),
         help="torch CPU threads (default: torch's)",
     )
     parser.add_argument("--out-dir", help="where bench.json and bench.png go (default: .)")

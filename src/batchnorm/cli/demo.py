@@ -33,9 +33,10 @@ import torch
 from torch import nn
 
 import batchnorm as bn
+from batchnorm.cli._arguments import integer_at_least
 
 if TYPE_CHECKING:
-    SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+    from batchnorm.cli._arguments import SubParsers
 
 __all__ = [
     "Digits",
@@ -384,21 +385,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _integer_at_least(minimum: int, what: str) -> Callable[[str], int]:
-    """An argparse ``type`` that accepts integers >= ``minimum`` and names ``what`` otherwise."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
-        return value
-
-    return parse
-
-
 def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
     """Register the ``demo`` subcommand.
 
@@ -417,13 +403,13 @@ def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--epochs",
-        type=_integer_at_least(1, "a positive integer"),
+        type=integer_at_least(1, "a positive integer"),
         default=DEFAULT_EPOCHS,
         help=f"passes over the training set per run (default {DEFAULT_EPOCHS})",
     )
     parser.add_argument(
         "--seed",
-        type=_integer_at_least(0, "a non-negative integer"),
+        type=integer_at_least(0, "a non-negative integer"),
         default=0,
         help="seed of the initial weights and of the batch order (default 0)",
     )
