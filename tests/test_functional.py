@@ -53,11 +53,18 @@ def _run(config, x, state, dy, call, *, training, fused):
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_fast_path_matches_reference_path(config, training, generator):
+def test_fast_path_matches_reference_path(config, training, generator, device):
     x = config.make_input(generator)
     state = state_tensors(config, x, generator)
     call = call_tensors(config, x, generator)
     dy = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    # --device moves everything (the CUDA paths run the same code on CUDA tensors).
+    x, dy = x.to(device), dy.to(device)
+    state = {k: v.to(device) if v is not None else None for k, v in state.items()}
+    call = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in call.items()}
+    if "adjustment" in call:
+        adjust = call["adjustment"]
+        call["adjustment"] = lambda shape: tuple(t.to(device) for t in adjust(shape))
     fast, fast_grads = _run(config, x, state, dy, call, training=training, fused=None)
     ref, ref_grads = _run(config, x, state, dy, call, training=training, fused=False)
 
