@@ -11,6 +11,7 @@ Nothing here mutates its arguments or knows about modules.
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 
 import torch
@@ -21,6 +22,7 @@ __all__ = [
     "bessel_factor",
     "compose",
     "ema_update",
+    "float32_round",
     "gamma_beta_affine",
     "inference_affine",
     "invstd",
@@ -105,8 +107,17 @@ def ema_update(moving: torch.Tensor, value: torch.Tensor, momentum: float) -> to
         5.0
 
     """
-    decay = torch.tensor(1.0 - momentum, dtype=torch.float32).item()
-    return moving - (moving - value) * decay
+    return moving - (moving - value) * float32_round(1.0 - momentum)
+
+
+def float32_round(value: float) -> float:
+    """``value`` rounded to the nearest float32, as a Python float.
+
+    Example:
+        >>> float32_round(0.1)
+        0.10000000149011612
+    """
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def bessel_factor(count: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from math import prod
 
 from batchnorm._errors import check, fail
@@ -99,29 +100,29 @@ class ChannelLayout:
         """The input's rank."""
         return len(self.input_shape)
 
-    @property
+    @cached_property
     def reduce_dims(self) -> tuple[int, ...]:
         """The dimensions statistics are reduced over, ascending."""
         return tuple(d for d in range(self.rank) if d not in self.axes)
 
-    @property
+    @cached_property
     def broadcast_shape(self) -> tuple[int, ...]:
         """Per-channel vectors viewed to broadcast against the input: kept sizes, 1 elsewhere."""
         return tuple(self.input_shape[d] if d in self.axes else 1 for d in range(self.rank))
 
-    @property
+    @cached_property
     def param_shape(self) -> tuple[int, ...]:
         """TensorFlow's weight shape: ``(C,)`` for one axis, else :attr:`broadcast_shape`."""
         if len(self.axes) == 1:
             return (self.input_shape[self.axes[0]],)
         return self.broadcast_shape
 
-    @property
+    @cached_property
     def num_channels(self) -> int:
         """Number of independent channels (product of the kept sizes)."""
         return prod(self.input_shape[d] for d in self.axes)
 
-    @property
+    @cached_property
     def reduced_count(self) -> int:
         """Elements per channel in one batch of ``input_shape``."""
         return prod(self.input_shape[d] for d in self.reduce_dims)

@@ -147,6 +147,19 @@ def _make_view(
     return _View(leading + shape[1:], (group_dim, *channel_axes), channel_axes, group_dim)
 
 
+def _check_per_channel(tensor: torch.Tensor | None, argument: str, layout: ChannelLayout) -> None:
+    """A per-channel argument must be None or a tensor with one element per channel."""
+    if tensor is None:
+        return
+    check(isinstance(tensor, torch.Tensor), argument, type(tensor).__name__, "a torch.Tensor")
+    check(
+        tensor.numel() == layout.num_channels,
+        f"{argument}.shape",
+        tuple(tensor.shape),
+        f"{layout.num_channels} elements, one per channel (shape {layout.param_shape})",
+    )
+
+
 def _per_channel(
     tensor: torch.Tensor | None,
     argument: str,
@@ -155,16 +168,8 @@ def _per_channel(
     dtype: torch.dtype,
 ) -> torch.Tensor | None:
     """``tensor`` viewed to ``shape`` (its broadcast shape), in ``dtype``; checks its size."""
-    if tensor is None:
-        return None
-    check(isinstance(tensor, torch.Tensor), argument, type(tensor).__name__, "a torch.Tensor")
-    check(
-        tensor.numel() == layout.num_channels,
-        f"{argument}.shape",
-        tuple(tensor.shape),
-        f"{layout.num_channels} elements, one per channel (shape {layout.param_shape})",
-    )
-    return tensor.reshape(shape).to(dtype)
+    _check_per_channel(tensor, argument, layout)
+    return None if tensor is None else tensor.reshape(shape).to(dtype)
 
 
 def _example_weights(
@@ -442,7 +447,7 @@ def batch_norm(
         if name == "local_step":
             check(tensor.numel() == 1, "local_step.shape", tuple(tensor.shape), "a scalar")
         else:
-            _per_channel(tensor, name, layout, layout.broadcast_shape, acc)
+            _check_per_channel(tensor, name, layout)
 
     if not training:
         return BatchNormResult(
