@@ -334,6 +334,25 @@ def decay_factor(decay: float) -> float:
     return float(np.float32(1.0 - decay))
 
 
+def clip_renorm(
+    r: np.ndarray, d: np.ndarray, clip: dict[str, float], counts: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """tf_keras' renorm clipping of ``r`` (rmin, then rmax) and ``d`` (to +-dmax).
+
+    ``counts`` tallies how many entries each key clipped, so a case can prove it binds.
+    """
+    if "rmin" in clip:
+        counts["rmin"] += int((r < clip["rmin"]).sum())
+        r = np.maximum(r, clip["rmin"])
+    if "rmax" in clip:
+        counts["rmax"] += int((r > clip["rmax"]).sum())
+        r = np.minimum(r, clip["rmax"])
+    if "dmax" in clip:
+        counts["dmax"] += int((np.abs(d) > clip["dmax"]).sum())
+        d = np.clip(d, -clip["dmax"], clip["dmax"])
+    return r, d
+
+
 class SlimModel:
     """Float64 model of one ``batch_norm`` call and its updates, from tf-semantics.md 6 and 9."""
 
@@ -421,17 +440,7 @@ class SlimModel:
         renorm_stddev = np.maximum(var("renorm_stddev"), math.sqrt(self.epsilon))
         r = stddev / renorm_stddev
         d = (mean - var("renorm_mean")) / renorm_stddev
-        clip = self.renorm_clipping
-        if "rmin" in clip:
-            self.clip_counts["rmin"] += int((r < clip["rmin"]).sum())
-            r = np.maximum(r, clip["rmin"])
-        if "rmax" in clip:
-            self.clip_counts["rmax"] += int((r > clip["rmax"]).sum())
-            r = np.minimum(r, clip["rmax"])
-        if "dmax" in clip:
-            self.clip_counts["dmax"] += int((np.abs(d) > clip["dmax"]).sum())
-            d = np.clip(d, -clip["dmax"], clip["dmax"])
-        return r, d
+        return clip_renorm(r, d, self.renorm_clipping, self.clip_counts)
 
     def _update(
         self,

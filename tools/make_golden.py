@@ -71,7 +71,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 import tf_keras
-from golden_slim import build_slim_cases, generate_slim_case, load_slim
+from golden_slim import build_slim_cases, clip_renorm, generate_slim_case, load_slim
 from tf_keras.src.layers.normalization.batch_normalization_v1 import (
     BatchNormalization as BatchNormalizationV1,
 )
@@ -847,16 +847,7 @@ class NumpyModel:
                 renorm_stddev = np.maximum(param("renorm_stddev"), math.sqrt(eps))
                 r = stddev / renorm_stddev
                 d = (batch_mean - param("renorm_mean")) / renorm_stddev
-                clip = self.renorm_clipping
-                if "rmin" in clip:
-                    self.clip_counts["rmin"] += int((r < clip["rmin"]).sum())
-                    r = np.maximum(r, clip["rmin"])
-                if "rmax" in clip:
-                    self.clip_counts["rmax"] += int((r > clip["rmax"]).sum())
-                    r = np.minimum(r, clip["rmax"])
-                if "dmax" in clip:
-                    self.clip_counts["dmax"] += int((np.abs(d) > clip["dmax"]).sum())
-                    d = np.clip(d, -clip["dmax"], clip["dmax"])
+                r, d = clip_renorm(r, d, self.renorm_clipping, self.clip_counts)
             # y = ((x_hat * r + d) * a_s + a_b) * gamma + beta (tf-semantics.md 8)
             a_s, a_b = (np.ones(bshape), np.zeros(bshape))
             if adjust is not None:
