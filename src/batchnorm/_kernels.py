@@ -29,7 +29,7 @@ from math import prod
 import torch
 from torch.autograd.function import once_differentiable
 
-from batchnorm._moments import accumulation_dtype, weight_total, weighted
+from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, weighted
 from batchnorm._types import Moments
 
 __all__ = [
@@ -148,11 +148,6 @@ def _blocked_channel_sum(
     return total
 
 
-def _no_nan_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    positive = total > 0
-    return torch.where(positive, numerator / torch.where(positive, total, 1.0), 0.0)
-
-
 def stats_pass(
     x: torch.Tensor, axes: Sequence[int], weights: torch.Tensor | None = None
 ) -> tuple[Moments, torch.Tensor]:
@@ -194,9 +189,9 @@ def stats_pass(
         else:
             weights = weights.to(acc)
             count = weight_total(weights, x.shape, reduce_dims)
-            mean = _no_nan_divide(_weighted_channel_sum(False, axes, xs, weights), count)
+            mean = no_nan_divide(_weighted_channel_sum(False, axes, xs, weights), count)
             centered = xs - mean
-            var = _no_nan_divide(_weighted_channel_sum(True, axes, centered, weights), count)
+            var = no_nan_divide(_weighted_channel_sum(True, axes, centered, weights), count)
             count = count.expand_as(mean)
     return Moments(count=count, mean=mean, var=var), centered
 
@@ -223,13 +218,6 @@ def _weighted_channel_sum(
     if bool(torch.isfinite(total).all()):
         return total
     return _blocked_channel_sum(_weighted_square if square else weighted, axes, values, weights)
-
-
-def _reduce_to(t: torch.Tensor, shape: torch.Size, axes: Sequence[int]) -> torch.Tensor:
-    """Sum ``t`` down to the broadcastable ``shape`` (a per-channel shape uses the fast path)."""
-    if tuple(shape) == _keep_shape(t, axes):
-        return channel_sum(t, axes)
-    return t.sum_to_size(shape)
 
 
 class NormalizeApply(torch.autograd.Function):
@@ -423,7 +411,7 @@ def _composite_backward(
     dx = torch.addcmul(sum_g, centered, invstd * invstd * sum_g_centered, out=centered)
     if weights is not None:
         dx.mul_(weights.to(acc))  # separately: w times a per-channel factor could be full-size
-    dx.mul_(_no_nan_divide(-invstd, total))
+    dx.mul_(no_nan_divide(-invstd, total))
     dx.addcmul_(dy, scale * invstd)
     return dx.to(x.dtype), dscale, dshift
 

@@ -35,6 +35,7 @@ from batchnorm._types import Moments
 __all__ = [
     "accumulation_dtype",
     "compute_moments",
+    "no_nan_divide",
     "pool_groups",
     "weight_total",
     "weighted",
@@ -87,8 +88,15 @@ def weighted(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return torch.where(weights != 0, values * weights, 0.0)
 
 
-def _safe_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    """``numerator / total`` with 0 where ``total`` is 0, and finite gradients everywhere."""
+def no_nan_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """``numerator / total`` with 0 where ``total`` is 0, and finite gradients everywhere.
+
+    TensorFlow's ``div_no_nan``.
+
+    Example:
+        >>> no_nan_divide(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])).tolist()
+        [0.5, 0.0]
+    """
     positive = total > 0
     return torch.where(positive, numerator / torch.where(positive, total, 1.0), 0.0)
 
@@ -118,9 +126,9 @@ def compute_moments(
         return Moments(weight_total(None, x.shape, dims).to(xs), mean, var)
     weights = weights.detach().to(xs.dtype)
     total = weight_total(weights, x.shape, dims)
-    mean = _safe_divide(weighted(xs, weights).sum(dim=dims, keepdim=True), total)
+    mean = no_nan_divide(weighted(xs, weights).sum(dim=dims, keepdim=True), total)
     centered = xs - mean
-    var = _safe_divide(weighted(centered * centered, weights).sum(dim=dims, keepdim=True), total)
+    var = no_nan_divide(weighted(centered * centered, weights).sum(dim=dims, keepdim=True), total)
     return Moments(total.expand_as(mean) if total.dim() else total, mean, var)
 
 
@@ -141,6 +149,6 @@ def pool_groups(moments: Moments, group_dim: int) -> Moments:
     """
     count = moments.count.expand_as(moments.mean)
     total = count.sum(dim=group_dim, keepdim=True)
-    mean = _safe_divide((count * moments.mean).sum(dim=group_dim, keepdim=True), total)
-    var = _safe_divide((count * moments.var).sum(dim=group_dim, keepdim=True), total)
+    mean = no_nan_divide((count * moments.mean).sum(dim=group_dim, keepdim=True), total)
+    var = no_nan_divide((count * moments.var).sum(dim=group_dim, keepdim=True), total)
     return Moments(total, mean, var)

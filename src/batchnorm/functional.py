@@ -161,14 +161,9 @@ def _check_per_channel(tensor: torch.Tensor | None, argument: str, layout: Chann
 
 
 def _per_channel(
-    tensor: torch.Tensor | None,
-    argument: str,
-    layout: ChannelLayout,
-    shape: tuple[int, ...],
-    dtype: torch.dtype,
+    tensor: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype
 ) -> torch.Tensor | None:
-    """``tensor`` viewed to ``shape`` (its broadcast shape), in ``dtype``; checks its size."""
-    _check_per_channel(tensor, argument, layout)
+    """A checked per-channel tensor viewed to ``shape`` (its broadcast shape), in ``dtype``."""
     return None if tensor is None else tensor.reshape(shape).to(dtype)
 
 
@@ -276,8 +271,8 @@ def _inference_output(
     mean = moving_mean.reshape(shape).to(acc)
     var = moving_variance.reshape(shape).to(acc)
     output = gamma_beta_affine(
-        _per_channel(gamma, "gamma", layout, shape, acc),
-        _per_channel(beta, "beta", layout, shape, acc),
+        _per_channel(gamma, shape, acc),
+        _per_channel(beta, shape, acc),
         like=mean,
     )
     if fast:
@@ -460,8 +455,8 @@ def batch_norm(
     xv = x.reshape(view.shape)
     wv = view.place(weights, x.shape[0]) if weights is not None else None
     shape = view.param_shape
-    gamma_v = _per_channel(gamma, "gamma", layout, shape, acc)
-    beta_v = _per_channel(beta, "beta", layout, shape, acc)
+    gamma_v = _per_channel(gamma, shape, acc)
+    beta_v = _per_channel(beta, shape, acc)
     like = torch.zeros(shape, dtype=acc, device=x.device)
 
     if layout.reduced_count == 0:
@@ -482,8 +477,8 @@ def batch_norm(
     renorm_state = None
     if renorm:
         renorm_state = (
-            _per_channel(renorm_mean, "renorm_mean", layout, shape, acc),
-            _per_channel(renorm_stddev, "renorm_stddev", layout, shape, acc),
+            _per_channel(renorm_mean, shape, acc),
+            _per_channel(renorm_stddev, shape, acc),
             clipping,
         )
     output = _output_affine(
