@@ -67,8 +67,10 @@ def test_renorm_state_starts_as_tensorflow_initialises_it():
         "renorm_stddev",
     ]
     assert layer.count_params() == 7 * 3
-    assert layer.moving_stddev.tolist() == layer.renorm_stddev.tolist() == [2.0] * 3
-    assert layer.renorm_mean.tolist() == [0.5] * 3
+    variance_init, mean_init = torch.full((3,), 4.0), torch.full((3,), 0.5)
+    torch.testing.assert_close(layer.moving_stddev, variance_init.sqrt())
+    torch.testing.assert_close(layer.renorm_stddev, variance_init.sqrt())
+    torch.testing.assert_close(layer.renorm_mean, mean_init)
     assert [w.requires_grad for w in layer.trainable_weights] == [True, True]
 
 
