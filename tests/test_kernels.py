@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from batchnorm._kernels import channel_sum, channel_sum_of_squares
+from batchnorm._kernels import NormalizeApply, channel_sum, channel_sum_of_squares, stats_pass
 
 
 @pytest.mark.parametrize(
@@ -30,3 +30,68 @@ def test_channel_sums_match_float64(shape, axes, memory_format, dtype, device):
     torch.testing.assert_close(
         channel_sum_of_squares(x, axes).double(), want_squares, rtol=rtol, atol=1e-3
     )
+
+
+def _weighted_oracle(x, weights, axes, scale, shift):
+    """Weighted batch norm written out in float64 autograd: the oracle for the fast kernels."""
+    reduce_dims = [d for d in range(x.dim()) if d not in axes]
+    x64 = x.detach().double().requires_grad_()
+    w64 = weights.double().expand_as(x64)
+    total = w64.sum(dim=reduce_dims, keepdim=True)
+    mean = (w64 * x64).sum(dim=reduce_dims, keepdim=True) / total
+    var = (w64 * (x64 - mean) ** 2).sum(dim=reduce_dims, keepdim=True) / total
+    y = (x64 - mean) * torch.rsqrt(var + 1e-3) * scale.double() + shift.double()
+    return x64, mean, var, y
+
+
+@pytest.mark.parametrize(
+    ("shape", "memory_format", "weight_shape"),
+    [
+        ((6, 3, 5, 7), torch.contiguous_format, (6, 1, 1, 1)),  # per example: row sums first
+        ((6, 3, 5, 7), torch.channels_last, (6, 1, 1, 1)),  # per example, channels innermost
+        ((6, 3, 5, 7), torch.contiguous_format, (6, 1, 5, 7)),  # a mask: blocked products
+        ((40, 3), torch.contiguous_format, (40, 1)),  # dense
+    ],
+)
+def test_weighted_moments_and_backward_match_float64(shape, memory_format, weight_shape):
+    """Weighted stats pass and weighted backward (ATen's reduce + apply) against float64."""
+    generator = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=generator) * 3 + 5).contiguous(memory_format=memory_format)
+    weights = torch.rand(weight_shape, generator=generator)
+    weights[0] = 0.0  # a zero-weight example or position
+    axes = (1,)
+    scale = torch.rand((1, shape[1]) + (1,) * (len(shape) - 2), generator=generator) + 0.5
+    shift = torch.randn(scale.shape, generator=generator)
+    x64, mean64, var64, y64 = _weighted_oracle(x, weights, axes, scale, shift)
+    dy = torch.randn(shape, generator=generator)
+    y64.backward(dy.double())
+
+    xg = x.clone().requires_grad_()
+    s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
+    moments, centered = stats_pass(xg, axes, weights)
+    torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=1e-5, atol=1e-5)
+    invstd = torch.rsqrt(moments.var + 1e-3)
+    y = NormalizeApply.apply(xg, centered, weights, moments.mean, invstd, s, b, axes)
+    y.backward(dy)
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
+    # The oracle's parameter gradients, written out: sum(dy * x_hat) and sum(dy).
+    x_hat = (x64 - mean64) * torch.rsqrt(var64 + 1e-3)
+    reduce_dims = [d for d in range(x.dim()) if d not in axes]
+    want_ds = (dy.double() * x_hat).sum(dim=reduce_dims, keepdim=True).detach()
+    torch.testing.assert_close(s.grad.double(), want_ds, rtol=1e-4, atol=1e-4)
+    want_db = dy.double().sum(reduce_dims, keepdim=True)
+    torch.testing.assert_close(b.grad.double(), want_db, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_weight_garbage_never_reaches_weighted_moments():
+    """NaN and inf where the weight is 0: the row route and the blocked route both ignore them."""
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        x = torch.randn(4, 2, 3, 3).contiguous(memory_format=memory_format)
+        x[0, 0, 0, 0], x[0, 1, 2, 2] = float("nan"), float("inf")
+        weights = torch.tensor([0.0, 1.0, 2.0, 1.0]).view(4, 1, 1, 1)
+        moments, _ = stats_pass(x, (1,), weights)
+        want = _weighted_oracle(x[1:], weights[1:], (1,), torch.ones(1, 2, 1, 1), torch.zeros(1))
+        torch.testing.assert_close(moments.mean.double(), want[1].detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(moments.var.double(), want[2].detach(), rtol=1e-5, atol=1e-6)

@@ -9,7 +9,9 @@ The passes are named by role, as PyTorch names its SyncBatchNorm kernels:
 3. backward reduce: ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel.
 4. backward apply: ``dx = A * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n)``.
 
-Passes 3 and 4 are ATen's ``native_batch_norm_backward`` wherever the layout fits.
+Passes 3 and 4 are ATen's ``native_batch_norm_backward`` wherever the layout fits; with
+weights or a mask, pass 3 is still ATen's (the sums are unweighted) and pass 4 is a short
+elementwise apply that carries the weights.
 
 Only ``x`` and per-channel vectors are saved for backward. ``A`` and ``B`` are ordinary tensors
 built by autograd from gamma, beta and whatever variant composes into them (see
@@ -108,11 +110,15 @@ def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor
         return torch.linalg.vector_norm(view, dim=2).square().sum(dim=0).view(keep)
     # Channels innermost, or kept axes apart: torch's norm along strided dimensions is ~20x
     # slower than a sum, so square blocks into a small, cache-resident temporary and sum.
-    return _blocked_channel_sum(lambda block: block * block, axes, t)
+    return _blocked_channel_sum(_square, axes, t)
 
 
-# Elements per block of _blocked_channel_sum: 4 MB of float32, well inside L2 + L3.
-_BLOCK_ELEMENTS = 1 << 20
+def _square(t: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    return torch.mul(t, t, out=out)
+
+
+# Elements per block of _blocked_channel_sum: 1 MB of float32, about one core's L2.
+_BLOCK_ELEMENTS = 1 << 18
 
 
 def _blocked_channel_sum(
@@ -120,9 +126,11 @@ def _blocked_channel_sum(
 ) -> torch.Tensor:
     """``channel_sum(product(*tensors), axes)`` without a full-size temporary.
 
-    ``product`` (elementwise, broadcasting) runs on slices along the outermost dimension in
-    memory, so each temporary it makes is about 4 MB and stays in cache; the first tensor
-    fixes the layout, the others are sliced alongside it or broadcast.
+    ``product(*blocks, out=scratch)`` (elementwise, broadcasting to the first tensor's shape)
+    runs on slices along the outermost dimension in memory and writes into one reused
+    scratch block of about 1 MB, which stays in cache and is allocated once (a fresh buffer
+    per block costs page faults). The first tensor fixes the layout and dtype; the others are
+    sliced alongside it or broadcast.
 
     Example:
         >>> x = torch.arange(6.0).reshape(3, 2)
@@ -134,7 +142,8 @@ def _blocked_channel_sum(
     size = first.shape[dim] if first.dim() else 1
     step = max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1)))
     if step >= size or dim in axes:
-        return channel_sum(product(*tensors), axes)
+        return channel_sum(product(*tensors, out=torch.empty_like(first)), axes)
+    scratch = torch.empty_like(first.narrow(dim, 0, step))
     total = None
     for start in range(0, size, step):
         length = min(step, size - start)
@@ -142,7 +151,7 @@ def _blocked_channel_sum(
             t.narrow(dim, start, length) if t.dim() == first.dim() and t.shape[dim] == size else t
             for t in tensors
         ]
-        part = channel_sum(product(*blocks), axes)
+        part = channel_sum(product(*blocks, out=scratch.narrow(dim, 0, length)), axes)
         total = part if total is None else total.add_(part)
     assert total is not None
     return total
@@ -179,9 +188,11 @@ def stats_pass(
             else:
                 centered = torch.empty_like(xs)
 
-                def center_and_square(block: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-                    deviation = torch.sub(block, mean, out=out)
-                    return deviation * deviation
+                def center_and_square(
+                    block: torch.Tensor, centered_block: torch.Tensor, *, out: torch.Tensor
+                ) -> torch.Tensor:
+                    deviation = torch.sub(block, mean, out=centered_block)
+                    return torch.mul(deviation, deviation, out=out)
 
                 # Channels innermost: write x - mean and sum its squares block by block, while
                 # each block is in cache (a strided norm would be ~20x slower).
@@ -196,12 +207,22 @@ def stats_pass(
     return Moments(count=count, mean=mean, var=var), centered
 
 
-def _weighted_square(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return weighted(values * values, weights)
+def _weighted_square(
+    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    return weighted(torch.mul(values, values, out=out), weights)
 
 
-def _plain_weighted_square(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return values * values * weights
+def _plain_weighted_square(
+    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    return torch.mul(values, values, out=out).mul_(weights)
+
+
+def _safe_weighted(
+    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    return torch.where(weights != 0, torch.mul(values, weights, out=out), 0.0)
 
 
 def _weighted_channel_sum(
@@ -213,11 +234,39 @@ def _weighted_channel_sum(
     with :func:`batchnorm._moments.weighted`, which makes zero-weight positions contribute
     exactly 0, so masked-out garbage never reaches the statistics either way.
     """
+    rows = _weighted_rows(square, axes, values, weights)
+    if rows is not None:
+        return rows
     plain = _plain_weighted_square if square else torch.mul
     total = _blocked_channel_sum(plain, axes, values, weights)
     if bool(torch.isfinite(total).all()):
         return total
-    return _blocked_channel_sum(_weighted_square if square else weighted, axes, values, weights)
+    safe = _weighted_square if square else _safe_weighted
+    return _blocked_channel_sum(safe, axes, values, weights)
+
+
+def _weighted_rows(
+    square: bool, axes: Sequence[int], values: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor | None:
+    """The weighted channel sum as row sums first, when weights are constant along each row.
+
+    With NCHW-like inputs and per-example weights (``batch_weights``, or a mask that does not
+    vary over the innermost dimensions), each ``(outer, channel)`` row of the block view shares
+    one weight: sum (or sum the squares of) the contiguous rows, then weight the small
+    ``(outer, channels)`` table. None when the layout or the weights do not allow it.
+    """
+    view = _block_view(values, axes)
+    if view is None or view.shape[2] == 1:
+        return None
+    order = _memory_order(values)
+    last_kept = max(order.index(a) for a in axes)
+    inner_dims = order[last_kept + 1 :]
+    if weights.dim() != values.dim() or any(weights.shape[d] != 1 for d in inner_dims):
+        return None
+    per_row = [1 if d in inner_dims else size for d, size in enumerate(values.shape)]
+    row_weights = weights.expand(per_row).permute(order).reshape(view.shape[:2])
+    rows = torch.linalg.vector_norm(view, dim=2).square() if square else view.sum(dim=2)
+    return weighted(rows, row_weights).sum(dim=0).view(_keep_shape(values, axes))
 
 
 class NormalizeApply(torch.autograd.Function):
@@ -286,16 +335,16 @@ class NormalizeApply(torch.autograd.Function):
         need_x, need_scale, need_shift = ctx.needs
         scale_shape, shift_shape = ctx.shapes
         native = None
-        if (
-            weights is None
-            and _per_kept_index(scale_shape, mean)
-            and _per_kept_index(shift_shape, mean)
-        ):
+        if _per_kept_index(scale_shape, mean) and _per_kept_index(shift_shape, mean):
             # Per channel, possibly shared across ghost groups: ATen's kernel takes the scale
             # expanded to every kept index, and its sums fold back onto the shared shape.
-            native = _native_backward(
-                x, dy, mean, invstd, scale.expand(mean.shape), ctx.axes, ctx.needs
-            )
+            per_kept_scale = scale.expand(mean.shape)
+            if weights is None:
+                native = _native_backward(x, dy, mean, invstd, per_kept_scale, ctx.axes, ctx.needs)
+            else:
+                native = _native_weighted_backward(
+                    x, dy, weights, mean, invstd, per_kept_scale, ctx.axes, need_x
+                )
         if native is not None:
             dx, dscale, dshift = native
             dscale = dscale.sum_to_size(scale_shape) if dscale is not None else None
@@ -370,6 +419,46 @@ def _native_backward(
     )
 
 
+def _native_weighted_backward(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    weights: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    scale: torch.Tensor,
+    axes: tuple[int, ...],
+    need_x: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
+    r"""The weighted backward: ATen's fused reduce, then one short elementwise apply.
+
+    The sums in the weighted gradient are unweighted (``y`` exists at every position), so
+    ATen's backward reduce gives them, ``S_1 = \sum dy`` and ``S_2 = \sum dy\, \hat{x}``,
+    in one pass over ``dy`` and ``x``; only the apply carries the weights:
+
+    .. math::
+
+        dx = A \sigma^{-1} dy - w \left(c_0 + (x - \mu)\, c_1\right), \quad
+        c_0 = \frac{A \sigma^{-1} S_1}{W}, \quad c_1 = \frac{A \sigma^{-2} S_2}{W}
+
+    None when ``x`` has no block view.
+    """
+    sums = _native_backward(x, dy, mean, invstd, scale, axes, (False, True, True))
+    if sums is None:
+        return None
+    _, sum_dy_x_hat, sum_dy = sums
+    if not need_x:
+        return None, sum_dy_x_hat, sum_dy
+    acc = mean.dtype
+    reduce_dims = [d for d in range(x.dim()) if d not in axes]
+    total = weight_total(weights, x.shape, reduce_dims).to(acc)
+    dy_scale = scale * invstd
+    minus_c0 = no_nan_divide(-dy_scale * sum_dy, total)
+    minus_c1 = no_nan_divide(-dy_scale * invstd * sum_dy_x_hat, total)
+    dx = x.to(acc) - mean
+    torch.addcmul(minus_c0, dx, minus_c1, out=dx).mul_(weights).addcmul_(dy.to(acc), dy_scale)
+    return dx.to(x.dtype), sum_dy_x_hat, sum_dy
+
+
 def _composite_backward(
     x: torch.Tensor,
     dy: torch.Tensor,
@@ -416,8 +505,10 @@ def _composite_backward(
     return dx.to(x.dtype), dscale, dshift
 
 
-def _triple_product(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return a * b * c
+def _triple_product(
+    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    return torch.mul(a, b, out=out).mul_(c)
 
 
 def native_inference(
