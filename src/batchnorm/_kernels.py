@@ -88,12 +88,31 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
 
     """
     keep = _keep_shape(t, axes)
-    view = _block_view(t, axes)
-    if view is None:
+    order = _memory_order(t)
+    in_memory_order = t.permute(order)
+    if t.numel() == 0 or not in_memory_order.is_contiguous():
         reduce_dims = [d for d in range(t.dim()) if d not in axes]
         return t.sum(dim=reduce_dims, keepdim=True)
-    rows = view.sum(dim=2) if view.shape[2] > 1 else view[:, :, 0]
-    return rows.sum(dim=0).view(keep)
+    # Coalesce memory-adjacent dimensions into alternating kept/reduced runs, then reduce the
+    # runs innermost first: each sum is a contiguous row sum or a sum over a middle dimension
+    # with contiguous columns, both fast, where one multi-dimension sum is not (ghost batches
+    # on channels_last inputs keep (group, channel) with (height, width) between them).
+    sizes: list[int] = []
+    kept: list[bool] = []
+    for d in order:
+        if kept and kept[-1] == (d in axes):
+            sizes[-1] *= t.shape[d]
+        else:
+            sizes.append(t.shape[d])
+            kept.append(d in axes)
+    total = in_memory_order.view(sizes)
+    for run in reversed(range(len(sizes))):
+        if not kept[run]:
+            total = total.sum(dim=run)
+    kept_in_memory_order = [d for d in order if d in axes]
+    total = total.view([t.shape[d] for d in kept_in_memory_order])
+    to_logical = [kept_in_memory_order.index(d) for d in sorted(axes)]
+    return total.permute(to_logical).reshape(keep)
 
 
 def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
@@ -334,25 +353,26 @@ class NormalizeApply(torch.autograd.Function):
         x, weights, mean, invstd, scale = ctx.saved_tensors
         need_x, need_scale, need_shift = ctx.needs
         scale_shape, shift_shape = ctx.shapes
-        native = None
+        result = None
         if _per_kept_index(scale_shape, mean) and _per_kept_index(shift_shape, mean):
-            # Per channel, possibly shared across ghost groups: ATen's kernel takes the scale
-            # expanded to every kept index, and its sums fold back onto the shared shape.
+            # Per channel, possibly shared across ghost groups: the kernels take the scale
+            # expanded to every kept index, and their sums fold back onto the shared shape.
             per_kept_scale = scale.expand(mean.shape)
             if weights is None:
-                native = _native_backward(x, dy, mean, invstd, per_kept_scale, ctx.axes, ctx.needs)
+                result = _native_backward(x, dy, mean, invstd, per_kept_scale, ctx.axes, ctx.needs)
             else:
-                native = _native_weighted_backward(
+                result = _native_weighted_backward(
                     x, dy, weights, mean, invstd, per_kept_scale, ctx.axes, need_x
                 )
-        if native is not None:
-            dx, dscale, dshift = native
-            dscale = dscale.sum_to_size(scale_shape) if dscale is not None else None
-            dshift = dshift.sum_to_size(shift_shape) if dshift is not None else None
-        else:
-            dx, dscale, dshift = _composite_backward(
-                x, dy, weights, mean, invstd, scale, shift_shape, ctx.axes
-            )
+            if result is None:  # no block view: the same sums in torch ops
+                result = _composite_backward(
+                    x, dy, weights, mean, invstd, per_kept_scale, mean.shape, ctx.axes
+                )
+        dx, dscale, dshift = result or _composite_backward(
+            x, dy, weights, mean, invstd, scale, shift_shape, ctx.axes
+        )
+        dscale = dscale.sum_to_size(scale_shape) if dscale is not None else None
+        dshift = dshift.sum_to_size(shift_shape) if dshift is not None else None
         return (
             dx if need_x else None,
             None,
