@@ -95,3 +95,26 @@ def test_zero_weight_garbage_never_reaches_weighted_moments():
         want = _weighted_oracle(x[1:], weights[1:], (1,), torch.ones(1, 2, 1, 1), torch.zeros(1))
         torch.testing.assert_close(moments.mean.double(), want[1].detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(moments.var.double(), want[2].detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        # Ghost view of a channels_last batch: kept (group, channel) apart in memory.
+        lambda x: x.contiguous(memory_format=torch.channels_last).reshape(2, 3, 4, 5, 5),
+        # Kept axes whose memory order is the reverse of their logical order.
+        lambda x: x.reshape(25, 4, 6).permute(0, 2, 1),
+        # Not dense: the plain multi-dimension sum.
+        lambda x: x[:, :, ::2],
+    ],
+)
+def test_channel_sums_over_any_layout_match_float64(make):
+    generator = torch.Generator().manual_seed(2)
+    t = make(torch.randn(6, 4, 5, 5, generator=generator))
+    axes = (1, 2)
+    reduce_dims = [d for d in range(t.dim()) if d not in axes]
+    want = t.double().sum(dim=reduce_dims, keepdim=True)
+    torch.testing.assert_close(channel_sum(t, axes).double(), want, rtol=1e-6, atol=1e-5)
+    want_squares = (t.double() ** 2).sum(dim=reduce_dims, keepdim=True)
+    got_squares = channel_sum_of_squares(t, axes).double()
+    torch.testing.assert_close(got_squares, want_squares, rtol=1e-6, atol=1e-5)
