@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from batchnorm._kernels import NormalizeApply, channel_sum, channel_sum_of_squares, stats_pass
+from batchnorm._kernels import (
+    NormalizeApply,
+    channel_sum,
+    channel_sum_of_squares,
+    native_inference,
+    stats_pass,
+)
 
 
 @pytest.mark.parametrize(
@@ -118,3 +124,25 @@ def test_channel_sums_over_any_layout_match_float64(make):
     want_squares = (t.double() ** 2).sum(dim=reduce_dims, keepdim=True)
     got_squares = channel_sum_of_squares(t, axes).double()
     torch.testing.assert_close(got_squares, want_squares, rtol=1e-6, atol=1e-5)
+
+
+def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension():
+    """Per-example rows of a channels_last batch: blocks along the batch are stacked, not added."""
+    generator = torch.Generator().manual_seed(3)
+    t = torch.randn(8, 4, 100, 100, generator=generator).contiguous(
+        memory_format=torch.channels_last
+    )  # 320k elements: more than one block, blocked along the (kept) batch dimension
+    want = (t.double() ** 2).sum(dim=(2, 3), keepdim=True)
+    got = channel_sum_of_squares(t, (0, 1)).double()
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-4)
+
+
+def test_inference_gradient_for_strides_that_only_look_channels_last():
+    """(1, 2, 2, 1) with strides (4, 1, 2, 1): ATen's own 4-D kernel permutes this gradient."""
+    x = torch.randn(1, 2, 2, 1, dtype=torch.float64).permute(0, 2, 1, 3).contiguous()
+    x = x.permute(0, 2, 1, 3).requires_grad_()
+    zeros, ones = torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64)
+    y = native_inference(x, [1], zeros, ones, None, None, 0.0)  # the identity map
+    dy = torch.arange(4, dtype=torch.float64).reshape(1, 2, 2, 1)
+    y.backward(dy)
+    torch.testing.assert_close(x.grad, dy)

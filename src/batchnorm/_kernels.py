@@ -160,10 +160,10 @@ def _blocked_channel_sum(
     dim = _memory_order(first)[0] if first.dim() else 0
     size = first.shape[dim] if first.dim() else 1
     step = max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1)))
-    if step >= size or dim in axes:
+    if step >= size:
         return channel_sum(product(*tensors, out=torch.empty_like(first)), axes)
     scratch = torch.empty_like(first.narrow(dim, 0, step))
-    total = None
+    parts = []
     for start in range(0, size, step):
         length = min(step, size - start)
         blocks = [
@@ -171,9 +171,9 @@ def _blocked_channel_sum(
             for t in tensors
         ]
         part = channel_sum(product(*blocks, out=scratch.narrow(dim, 0, length)), axes)
-        total = part if total is None else total.add_(part)
-    assert total is not None
-    return total
+        # A kept dimension's blocks are stacked along it; a reduced one's are added up.
+        parts.append(part if dim in axes or not parts else parts.pop().add_(part))
+    return torch.cat(parts, dim=dim) if dim in axes else parts[0]
 
 
 def stats_pass(
@@ -267,25 +267,20 @@ def _weighted_channel_sum(
 def _weighted_rows(
     square: bool, axes: Sequence[int], values: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor | None:
-    """The weighted channel sum as row sums first, when weights are constant along each row.
+    """The weighted channel sum with the dimensions where the weights are constant summed first.
 
-    With NCHW-like inputs and per-example weights (``batch_weights``, or a mask that does not
-    vary over the innermost dimensions), each ``(outer, channel)`` row of the block view shares
-    one weight: sum (or sum the squares of) the contiguous rows, then weight the small
-    ``(outer, channels)`` table. None when the layout or the weights do not allow it.
+    Per-example weights (``batch_weights``, or a mask constant over some dimensions) share one
+    weight across whole rows of the input: sum those rows (or their squares) with the
+    unweighted kernels, then weight the much smaller table. None when the weights vary along
+    every reduced dimension.
     """
-    view = _block_view(values, axes)
-    if view is None or view.shape[2] == 1:
+    reduce_dims = [d for d in range(values.dim()) if d not in axes]
+    varying = [d for d in reduce_dims if weights.shape[d] != 1]
+    if weights.dim() != values.dim() or len(varying) == len(reduce_dims):
         return None
-    order = _memory_order(values)
-    last_kept = max(order.index(a) for a in axes)
-    inner_dims = order[last_kept + 1 :]
-    if weights.dim() != values.dim() or any(weights.shape[d] != 1 for d in inner_dims):
-        return None
-    per_row = [1 if d in inner_dims else size for d, size in enumerate(values.shape)]
-    row_weights = weights.expand(per_row).permute(order).reshape(view.shape[:2])
-    rows = torch.linalg.vector_norm(view, dim=2).square() if square else view.sum(dim=2)
-    return weighted(rows, row_weights).sum(dim=0).view(_keep_shape(values, axes))
+    kept = sorted([*axes, *varying])
+    rows = channel_sum_of_squares(values, kept) if square else channel_sum(values, kept)
+    return channel_sum(weighted(rows, weights), axes)
 
 
 class NormalizeApply(torch.autograd.Function):
@@ -550,7 +545,9 @@ def native_inference(
         >>> native_inference(x, [1], torch.ones(1), torch.ones(1), None, None, 0.0).tolist()
         [[0.0], [2.0]]
     """
-    if x.dim() in (4, 5) and tuple(axes) == (1,):
+    if x.dim() in (4, 5) and tuple(axes) == (1,) and x.is_contiguous():
+        # NCHW as it is. Other layouts go through the block view: ATen's backward returns
+        # permuted gradients for inputs whose strides only look channels_last (size-1 dims).
         block, restore = x, None
     else:
         view = _block_view(x, axes)
