@@ -18,9 +18,11 @@ built by autograd from gamma, beta and whatever variant composes into them (see
 :mod:`batchnorm._affine`), so this module never changes when a variant is added: the function
 returns ``dA = sum(dy * x_hat)`` and ``dB = sum(dy)`` and autograd carries them on.
 
-Reductions run over a ``(outer, channels, inner)`` view in memory order when the kept dimensions
-are adjacent in memory (NCHW, channels_last and dense inputs all are), which turns them into
-contiguous row or column sums; anything else falls back to a plain multi-dimension sum.
+Reductions run over the input in memory order, with adjacent kept or reduced dimensions merged
+into runs and the reduced runs summed innermost first, so every sum is a contiguous row sum or
+a sum down contiguous columns (NCHW, channels_last, dense inputs, and ghost batches of each);
+only a non-dense input falls back to a plain multi-dimension sum. Products inside sums (squares,
+weights) are formed in reused cache-sized blocks, never as full-size temporaries.
 """
 
 from __future__ import annotations
