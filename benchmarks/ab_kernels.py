@@ -1,0 +1,115 @@
+"""A/B of the fast path's kernels: ``_kernels.py`` at a git revision against the working tree.
+
+Both versions run in one process, interleaved round by round with the native kernel, so the
+ratios are free of the run-to-run drift of a noisy machine (which separate runs of ``bench``
+are not). Only ``batchnorm/_kernels.py`` is swapped; the rest of the package is the working
+tree's. Run from the repository root::
+
+    .venv/bin/python benchmarks/ab_kernels.py --rev HEAD~3
+    .venv/bin/python benchmarks/ab_kernels.py --rev main --options plain,virtual --rounds 25
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch.nn import functional
+
+import batchnorm.functional as bnf
+from batchnorm import _kernels
+
+CASES = {
+    "NCHW (32,64,56,56)": ((32, 64, 56, 56), torch.contiguous_format),
+    "channels_last (32,64,56,56)": ((32, 64, 56, 56), torch.channels_last),
+    "dense (4096,256)": ((4096, 256), torch.contiguous_format),
+}
+
+
+def kernels_at(rev: str) -> ModuleType:
+    """``batchnorm/_kernels.py`` as it was at ``rev``, imported as a separate module."""
+    source = subprocess.run(
+        ["git", "show", f"{rev}:src/batchnorm/_kernels.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "kernels_at_rev.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("kernels_at_rev", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def training_step(
+    kernels: ModuleType, x: torch.Tensor, dy: torch.Tensor, option: str
+) -> Callable[[], None]:
+    """One forward+backward of ``batchnorm.functional.batch_norm`` on ``kernels``."""
+    channels = x.shape[1]
+    gamma = torch.ones(channels, requires_grad=True)
+    beta = torch.zeros(channels, requires_grad=True)
+    stats = torch.zeros(channels), torch.ones(channels)
+    extra = {
+        "plain": {},
+        "virtual": {"virtual_batch_size": 8},
+        "weights": {"batch_weights": torch.rand(x.shape[0])},
+        "mask": {"mask": torch.rand((x.shape[0], *x.shape[2:])) > 0.3},
+    }[option]
+
+    def step() -> None:
+        bnf.stats_pass, bnf.NormalizeApply = kernels.stats_pass, kernels.NormalizeApply
+        x.grad = None
+        result = bnf.batch_norm(x, *stats, gamma, beta, axis=1, training=True, **extra)
+        result.output.backward(dy)
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rev", required=True, help="git revision of the 'before' kernels")
+    parser.add_argument(
+        "--options", default="plain,virtual,weights", help="of plain, virtual, weights, mask"
+    )
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args()
+    before = kernels_at(args.rev)
+    for name, (shape, memory_format) in CASES.items():
+        x = torch.randn(shape).contiguous(memory_format=memory_format).requires_grad_()
+        dy = torch.randn_like(x)
+        stats = torch.zeros(shape[1]), torch.ones(shape[1])
+
+        def native(x: torch.Tensor = x, dy: torch.Tensor = dy, stats: tuple = stats) -> None:
+            x.grad = None
+            functional.batch_norm(x, *stats, None, None, True, 0.1, 1e-3).backward(dy)
+
+        steps = {"native": native}
+        for option in args.options.split(","):
+            steps[f"{args.rev} {option}"] = training_step(before, x, dy, option)
+            steps[f"working tree {option}"] = training_step(_kernels, x, dy, option)
+        times: dict[str, list[float]] = {label: [] for label in steps}
+        for _ in range(args.rounds):
+            for label, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[label].append(time.perf_counter() - start)
+        base = statistics.median(times["native"])
+        print(f"{name}, training forward+backward, float32, {args.rounds} rounds", flush=True)
+        for label, samples in times.items():
+            median = statistics.median(samples)
+            print(f"  {label:28s} {median * 1e3:8.2f} ms  {median / base:5.2f}x native")
+    bnf.stats_pass, bnf.NormalizeApply = _kernels.stats_pass, _kernels.NormalizeApply
+
+
+if __name__ == "__main__":
+    main()
