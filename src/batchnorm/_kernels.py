@@ -173,9 +173,9 @@ def _blocked_channel_sum(
             for t in tensors
         ]
         part = channel_sum(product(*blocks, out=scratch.narrow(dim, 0, length)), axes)
-        # A kept dimension's blocks are stacked along it; a reduced one's are added up.
-        parts.append(part if dim in axes or not parts else parts.pop().add_(part))
-    return torch.cat(parts, dim=dim) if dim in axes else parts[0]
+        parts.append(part)
+    # A kept dimension's blocks are stacked along it; a reduced one's are added up.
+    return torch.cat(parts, dim=dim) if dim in axes else torch.stack(parts).sum(dim=0)
 
 
 def stats_pass(
