@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from batchnorm import _kernels
 from batchnorm._kernels import (
     NormalizeApply,
     channel_sum,
@@ -126,15 +127,92 @@ def test_channel_sums_over_any_layout_match_float64(make):
     torch.testing.assert_close(got_squares, want_squares, rtol=1e-6, atol=1e-5)
 
 
-def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension():
+def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension(monkeypatch):
     """Per-example rows of a channels_last batch: blocks along the batch are stacked, not added."""
+    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 1000)  # 4 blocks along the kept batch
     generator = torch.Generator().manual_seed(3)
-    t = torch.randn(8, 4, 100, 100, generator=generator).contiguous(
-        memory_format=torch.channels_last
-    )  # 320k elements: more than one block, blocked along the (kept) batch dimension
+    t = torch.randn(8, 4, 10, 10, generator=generator).contiguous(memory_format=torch.channels_last)
     want = (t.double() ** 2).sum(dim=(2, 3), keepdim=True)
     got = channel_sum_of_squares(t, (0, 1)).double()
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-4)
+
+
+def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypatch):
+    """Kept axes (0, 2) of a contiguous (8, 5, 3): the mean is sliced with each block of x."""
+    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 16)  # one example per block
+    x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(4)) * 2 + 3
+    moments, centered = stats_pass(x, (0, 2))
+    x64 = x.double()
+    mean = x64.mean(dim=1, keepdim=True)
+    torch.testing.assert_close(moments.mean.double(), mean, rtol=1e-6, atol=1e-6)
+    want_var = x64.var(dim=1, unbiased=False, keepdim=True)
+    torch.testing.assert_close(moments.var.double(), want_var, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(centered.double(), x64 - mean, rtol=1e-5, atol=1e-6)
+
+
+# Layouts of a 16-bit batch: with a block view, ATen's statistics kernel and inference kernel;
+# without one (ghost batches of channels_last), blocks upcast one at a time and float32 ops.
+SIXTEEN_BIT_LAYOUTS = {
+    "NCHW": (lambda x: x, (1,)),
+    "channels_last": (lambda x: x.contiguous(memory_format=torch.channels_last), (1,)),
+    "dense": (lambda x: x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]), (1,)),
+    "ghost NCHW": (lambda x: x.reshape(2, 3, *x.shape[1:]), (1, 2)),
+    "ghost channels_last": (
+        lambda x: x.contiguous(memory_format=torch.channels_last).reshape(2, 3, *x.shape[1:]),
+        (1, 2),
+    ),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(SIXTEEN_BIT_LAYOUTS))
+@pytest.mark.parametrize("dtype16", [torch.bfloat16, torch.float16])
+def test_sixteen_bit_moments_output_and_gradients_match_float64(layout, dtype16, monkeypatch):
+    """16-bit inputs: float32 moments, a 16-bit output, gradients; against float64 autograd."""
+    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 256)  # several blocks where upcast
+    make, axes = SIXTEEN_BIT_LAYOUTS[layout]
+    generator = torch.Generator().manual_seed(5)
+    x = make((torch.randn(6, 4, 5, 7, generator=generator) * 1.5 + 10).to(dtype16))
+    keep = tuple(x.shape[d] if d in axes else 1 for d in range(x.dim()))
+    scale = torch.rand(keep, generator=generator) + 0.5
+    shift = torch.randn(keep, generator=generator)
+    x64, mean64, var64, y64 = _weighted_oracle(x, torch.ones(()), axes, scale, shift)
+    dy = torch.randn(x.shape, generator=generator).to(dtype16)
+    y64.backward(dy.double())
+
+    xg = x.detach().requires_grad_()
+    s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
+    moments, centered = stats_pass(xg, axes)
+    assert centered is None and moments.mean.dtype == torch.float32
+    torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=2e-4, atol=1e-5)
+    invstd = torch.rsqrt(moments.var + 1e-3)
+    y = NormalizeApply.apply(xg, centered, None, moments.mean, invstd, s, b, axes)
+    assert y.dtype == dtype16 and y.stride() == x.stride()
+    y.backward(dy)
+    tolerance = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype16]
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=tolerance, atol=tolerance)
+    want_ds = (dy.double() * (x64 - mean64) * torch.rsqrt(var64 + 1e-3)).detach()
+    reduce_dims = [d for d in range(x.dim()) if d not in axes]
+    want_ds = want_ds.sum(dim=reduce_dims, keepdim=True)
+    torch.testing.assert_close(s.grad.double(), want_ds, rtol=1e-3, atol=1e-3)
+
+
+def test_sixteen_bit_output_with_a_per_element_shift_matches_float64():
+    """A shift that varies beyond the channels (an adjustment) takes the float32 ops."""
+    generator = torch.Generator().manual_seed(6)
+    x = (torch.randn(6, 4, 5, 7, generator=generator) + 3).to(torch.bfloat16)
+    shift = torch.randn(6, 4, 5, 7, generator=generator)
+    scale = torch.rand(1, 4, 1, 1, generator=generator) + 0.5
+    moments, centered = stats_pass(x, (1,))
+    invstd = torch.rsqrt(moments.var + 1e-3)
+    y = NormalizeApply.apply(x, centered, None, moments.mean, invstd, scale, shift, (1,))
+    x64 = x.double()
+    mean = x64.mean(dim=(0, 2, 3), keepdim=True)
+    var = x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    want = (x64 - mean) * torch.rsqrt(var + 1e-3) * scale.double() + shift.double()
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.double(), want, rtol=1e-2, atol=1e-2)
 
 
 def test_inference_gradient_for_strides_that_only_look_channels_last():
