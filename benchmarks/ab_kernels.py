@@ -26,6 +26,7 @@ from torch.nn import functional
 
 import batchnorm.functional as bnf
 from batchnorm import _kernels
+from batchnorm.cli._allocator import keep_freed_memory
 
 CASES = {
     "NCHW (32,64,56,56)": ((32, 64, 56, 56), torch.contiguous_format),
@@ -82,10 +83,16 @@ def main() -> None:
         "--options", default="plain,virtual,weights", help="of plain, virtual, weights, mask"
     )
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--system-allocator", action="store_true", help="as in bench: no keep_freed_memory()"
+    )
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print("system allocator" if args.system_allocator else keep_freed_memory())
     before = kernels_at(args.rev)
     for name, (shape, memory_format) in CASES.items():
-        x = torch.randn(shape).contiguous(memory_format=memory_format).requires_grad_()
+        x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
         dy = torch.randn_like(x)
         stats = torch.zeros(shape[1]), torch.ones(shape[1])
 
@@ -104,7 +111,7 @@ def main() -> None:
                 step()
                 times[label].append(time.perf_counter() - start)
         base = statistics.median(times["native"])
-        print(f"{name}, training forward+backward, float32, {args.rounds} rounds", flush=True)
+        print(f"{name}, training forward+backward, {args.dtype}, {args.rounds} rounds", flush=True)
         for label, samples in times.items():
             median = statistics.median(samples)
             print(f"  {label:28s} {median * 1e3:8.2f} ms  {median / base:5.2f}x native")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import torch
 from conftest import tolerance
 
 import batchnorm as bn
-from batchnorm.cli import _composites, bench
+from batchnorm.cli import _allocator, _composites, bench
 from batchnorm.cli.__main__ import main
 
 TRAINING_CANDIDATES = [
@@ -165,18 +166,40 @@ def test_quiet_explicit_paths_and_selection(
     json_path, png_path = tmp_path / "a" / "r.json", tmp_path / "b" / "c.png"
     argv = ["bench", "--shapes", "4x3", "--dtypes", "float64,bfloat16", "--modes", "infer"]
     argv += ["--options", "plain", "--rounds", "1", "--warmup", "0", "--threads", "1"]
-    argv += ["--json", str(json_path), "--png", str(png_path), "--quiet"]
+    argv += ["--json", str(json_path), "--png", str(png_path), "--quiet", "--system-allocator"]
     threads = torch.get_num_threads()
     assert main(argv) == 0
     assert torch.get_num_threads() == threads  # restored
     assert capsys.readouterr().err == ""
     report = strict_json(json_path)
     assert report["environment"]["threads"] == 1
+    assert report["environment"]["allocator"] == "system allocator as configured"
     assert [(r["dtype"], r["candidate"]) for r in report["rows"]] == [
         (dtype, name) for dtype in ("float64", "bfloat16") for name in ("copy", "native", "plain")
     ]
     assert [r["input_bytes"] for r in report["rows"]] == [96] * 3 + [24] * 3
     assert png_path.exists() == (importlib.util.find_spec("matplotlib") is not None)
+
+
+def test_the_allocator_keeps_freed_memory_by_default_and_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    monkeypatch.setattr(bench, "keep_freed_memory", lambda: calls.append(1) or "kept, say")
+    argv = ["bench", "--shapes", "4x3", "--modes", "infer", "--options", "plain"]
+    argv += ["--rounds", "1", "--quiet", "--out-dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert calls == [1]
+    assert "kept, say" in capsys.readouterr().out.splitlines()[0]
+    assert strict_json(tmp_path / "bench.json")["environment"]["allocator"] == "kept, say"
+
+
+def test_keep_freed_memory_sets_glibc_thresholds_or_says_why_not() -> None:
+    message = _allocator.keep_freed_memory()
+    if platform.libc_ver()[0] == "glibc":
+        assert message == "glibc malloc keeps freed memory: mmap threshold 32 MiB, no trimming"
+    else:
+        assert message.startswith("system allocator unchanged: ")
 
 
 @pytest.mark.usefixtures("no_tensorflow")

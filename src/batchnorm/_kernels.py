@@ -27,6 +27,7 @@ weights) are formed in reused cache-sized blocks, never as full-size temporaries
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from math import prod
 
@@ -143,6 +144,35 @@ def _square(t: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
 _BLOCK_ELEMENTS = 1 << 20
 
 
+class _ScratchSpace(threading.local):
+    """One reused buffer per thread, device and dtype for :func:`_blocked_channel_sum`.
+
+    A fresh buffer per call costs page faults wherever the allocator hands memory back to the
+    system between calls (glibc does, for buffers of megabytes), a large share of a pass that
+    reads a few megabytes. The buffers hold at most ``_BLOCK_ELEMENTS`` elements each.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[torch.device, torch.dtype, bool], torch.Tensor] = {}
+
+    def like(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised tensor of ``block``'s shape, dimension order in memory and device."""
+        # Inference-mode tensors cannot be written outside inference mode: keep them apart.
+        key = (block.device, dtype, torch.is_inference_mode_enabled())
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < block.numel():
+            buffer = torch.empty(
+                max(block.numel(), _BLOCK_ELEMENTS), dtype=dtype, device=block.device
+            )
+            self.buffers[key] = buffer
+        order = _memory_order(block)
+        in_memory_order = buffer[: block.numel()].view([block.shape[d] for d in order])
+        return in_memory_order.permute([order.index(d) for d in range(block.dim())])
+
+
+_scratch_space = _ScratchSpace()
+
+
 def _blocked_channel_sum(
     product: Callable[..., torch.Tensor],
     axes: Sequence[int],
@@ -152,10 +182,11 @@ def _blocked_channel_sum(
     """``channel_sum(product(*tensors), axes)`` without a full-size temporary.
 
     ``product(*blocks, out=scratch)`` (elementwise, broadcasting to the first tensor's shape)
-    runs on slices along the outermost dimension in memory and writes into one reused
-    scratch block of ``dtype`` (default: the first tensor's), which stays in cache and is
-    allocated once (a fresh buffer per block costs page faults). The first tensor fixes the
-    layout; the others are sliced alongside it where they span that dimension, else broadcast.
+    runs on slices along the outermost dimension in memory and writes into a scratch block of
+    ``dtype`` (default: the first tensor's) that stays in cache and is reused across blocks
+    and calls (:class:`_ScratchSpace`). The first tensor fixes the layout; the others are
+    sliced alongside it where they span that dimension, else broadcast. ``axes`` must leave
+    a dimension to reduce (the sums are then new tensors, not views of the scratch).
 
     Example:
         >>> x = torch.arange(6.0).reshape(3, 2)
@@ -165,10 +196,8 @@ def _blocked_channel_sum(
     first = tensors[0]
     dim = _memory_order(first)[0] if first.dim() else 0
     size = first.shape[dim] if first.dim() else 1
-    step = max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1)))
-    if step >= size:
-        return channel_sum(product(*tensors, out=torch.empty_like(first, dtype=dtype)), axes)
-    scratch = torch.empty_like(first.narrow(dim, 0, step), dtype=dtype)
+    step = min(size, max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
+    scratch = _scratch_space.like(first.narrow(dim, 0, step), dtype or first.dtype)
     parts = []
     for start in range(0, size, step):
         length = min(step, size - start)
@@ -178,6 +207,8 @@ def _blocked_channel_sum(
         ]
         part = channel_sum(product(*blocks, out=scratch.narrow(dim, 0, length)), axes)
         parts.append(part)
+    if len(parts) == 1:
+        return parts[0]
     # A kept dimension's blocks are stacked along it; a reduced one's are added up.
     return torch.cat(parts, dim=dim) if dim in axes else torch.stack(parts).sum(dim=0)
 

@@ -40,6 +40,12 @@ Modes: ``train_fwd`` (a training forward pass with autograd recording, as in a t
 ``train_fwdbwd`` (the same, then ``torch.autograd.grad`` of the output with a fixed upstream
 gradient, for the input, ``gamma`` and ``beta``), ``infer`` (inference forward, no autograd).
 
+Memory: by default the run first makes glibc's ``malloc`` keep freed memory
+(:func:`batchnorm.cli._allocator.keep_freed_memory`), so a tensor allocated in a timed call
+reuses pages instead of faulting fresh ones in; otherwise the page faults, not the kernels,
+decide many ratios, and differently from run to run. ``--system-allocator`` measures with the
+allocator as it is.
+
 Metrics, per candidate and case:
 
 - ``median_ms``, ``iqr_ms``: over the rounds;
@@ -78,6 +84,7 @@ import torch
 
 import batchnorm as bn
 from batchnorm.cli import _composites
+from batchnorm.cli._allocator import keep_freed_memory
 from batchnorm.cli._arguments import integer_at_least
 
 if TYPE_CHECKING:
@@ -1112,6 +1119,7 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"batchnorm bench: --device {args.device}: CUDA is not available", file=sys.stderr)
         return 2
+    allocator = "system allocator as configured" if args.system_allocator else keep_freed_memory()
     notes: list[str] = []
     wanted = args.options or SELECTABLE
     candidates = ["copy", "native", *(name for name in SELECTABLE if name in wanted)]
@@ -1140,6 +1148,7 @@ def run(args: argparse.Namespace) -> int:
     json_path = Path(args.json) if args.json else out_dir / "bench.json"
     png_path = Path(args.png) if args.png else out_dir / "bench.png"
     env = environment(device)
+    env["allocator"] = allocator
     if tensorflow is not None:
         env["tf_keras"] = tensorflow.version
     cases = settings.cases()
@@ -1154,7 +1163,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"batchnorm bench: torch {env['torch']}, {env['threads']} threads, "
         f"{env['cpu_model'] or 'unknown CPU'}, device {device}; {rounds_text} after "
-        f"{max(1, settings.warmup)} warm-up call(s) per candidate.\n"
+        f"{max(1, settings.warmup)} warm-up call(s) per candidate; {allocator}.\n"
         "x native: median / native's median; GB/s: the mode's bound passes (train_fwd 3, "
         "train_fwdbwd 8, infer 2) x the input's bytes / median;\n% bound: that over the copy's "
         "bandwidth; saved/x: bytes saved for backward / the input's bytes.",
@@ -1304,6 +1313,12 @@ def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
     parser.add_argument("--png", help="the PNG chart (default OUT_DIR/bench.png)")
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when a measured target is missed"
+    )
+    parser.add_argument(
+        "--system-allocator",
+        action="store_true",
+        help="leave glibc's malloc as configured; by default it keeps freed memory, so that"
+        " fresh pages (page faults) do not blur the timings",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(run=run)
