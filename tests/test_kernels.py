@@ -198,6 +198,53 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(layout, dtype16,
     torch.testing.assert_close(s.grad.double(), want_ds, rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("memory_format", "weight_shape"),
+    [
+        (torch.contiguous_format, (6, 1, 1, 1)),  # per example: row sums of upcast blocks
+        (torch.channels_last, (6, 1, 1, 1)),
+        (torch.contiguous_format, (6, 1, 5, 7)),  # a mask: blocked products of upcast blocks
+        (torch.channels_last, (6, 1, 5, 7)),
+    ],
+)
+@pytest.mark.parametrize("dtype16", [torch.bfloat16, torch.float16])
+def test_sixteen_bit_weighted_moments_and_backward_match_float64(
+    memory_format, weight_shape, dtype16, monkeypatch
+):
+    """16-bit weighted: float32 sums of upcast blocks, 16-bit output and gradient; vs float64."""
+    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 200)  # several blocks of x
+    generator = torch.Generator().manual_seed(7)
+    x = (torch.randn(6, 3, 5, 7, generator=generator) * 3 + 5).to(dtype16)
+    x = x.contiguous(memory_format=memory_format)
+    x[0, 1, 2, 3] = float("nan")  # garbage where the weight is 0
+    weights = torch.rand(weight_shape, generator=generator)
+    weights[0] = 0.0
+    axes = (1,)
+    scale = torch.rand(1, 3, 1, 1, generator=generator) + 0.5
+    shift = torch.randn(scale.shape, generator=generator)
+    clean = x.clone()
+    clean[0] = 0  # the oracle never sees the garbage: its weight is 0 anyway
+    x64, mean64, var64, y64 = _weighted_oracle(clean, weights, axes, scale, shift)
+    dy = torch.randn(x.shape, generator=generator).to(dtype16)
+    y64.backward(dy.double())
+
+    moments, centered = stats_pass(x, axes, weights)
+    assert centered is None and moments.mean.dtype == torch.float32
+    torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=1e-4, atol=1e-5)
+    # Output and gradients of the clean input (the NaN would reach its whole channel's
+    # gradient through sum(dy * x_hat), on every route), with the same moments.
+    xg = clean.requires_grad_()
+    s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
+    invstd = torch.rsqrt(moments.var + 1e-3)
+    y = NormalizeApply.apply(xg, None, weights, moments.mean, invstd, s, b, axes)
+    y.backward(dy)
+    assert y.dtype == dtype16 and xg.grad.dtype == dtype16
+    tolerance = {torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype16]
+    torch.testing.assert_close(y.double(), y64.detach(), rtol=tolerance, atol=tolerance)
+    torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=tolerance, atol=tolerance)
+
+
 def test_sixteen_bit_output_with_a_per_element_shift_matches_float64():
     """A shift that varies beyond the channels (an adjustment) takes the float32 ops."""
     generator = torch.Generator().manual_seed(6)

@@ -28,7 +28,7 @@ weights) are formed in reused cache-sized blocks, never as full-size temporaries
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from math import prod
 
 import torch
@@ -153,12 +153,16 @@ class _ScratchSpace(threading.local):
     """
 
     def __init__(self) -> None:
-        self.buffers: dict[tuple[torch.device, torch.dtype, bool], torch.Tensor] = {}
+        self.buffers: dict[tuple[str, torch.device, torch.dtype, bool], torch.Tensor] = {}
 
-    def like(self, block: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """An uninitialised tensor of ``block``'s shape, dimension order in memory and device."""
+    def like(self, block: torch.Tensor, dtype: torch.dtype, role: str = "product") -> torch.Tensor:
+        """An uninitialised tensor of ``block``'s shape, dimension order in memory and device.
+
+        Buffers of different ``role`` are distinct, so a block upcast into one can feed a
+        blocked sum that writes its products into another.
+        """
         # Inference-mode tensors cannot be written outside inference mode: keep them apart.
-        key = (block.device, dtype, torch.is_inference_mode_enabled())
+        key = (role, block.device, dtype, torch.is_inference_mode_enabled())
         buffer = self.buffers.get(key)
         if buffer is None or buffer.numel() < block.numel():
             buffer = torch.empty(
@@ -194,23 +198,59 @@ def _blocked_channel_sum(
         [20.0, 35.0]
     """
     first = tensors[0]
-    dim = _memory_order(first)[0] if first.dim() else 0
-    size = first.shape[dim] if first.dim() else 1
-    step = min(size, max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
-    scratch = _scratch_space.like(first.narrow(dim, 0, step), dtype or first.dtype)
+    scratch = None
     parts = []
+    for dim, blocks in _blocks(first, tensors):
+        if scratch is None:
+            scratch = _scratch_space.like(blocks[0], dtype or first.dtype)
+        out = scratch.narrow(dim, 0, blocks[0].shape[dim])
+        parts.append(channel_sum(product(*blocks, out=out), axes))
+    return _combine(parts, dim, axes)
+
+
+def _blocks(
+    first: torch.Tensor, tensors: Sequence[torch.Tensor]
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """Slices of ``tensors`` along ``first``'s outermost dimension in memory, a block at a time.
+
+    A block holds about ``_BLOCK_ELEMENTS`` elements of ``first``. Tensors that span that
+    dimension (``first``'s rank and size there) are sliced; the others broadcast and pass
+    whole. Yields the dimension and the slices.
+    """
+    dim = _memory_order(first)[0]
+    size = first.shape[dim]
+    step = min(size, max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
     for start in range(0, size, step):
         length = min(step, size - start)
-        blocks = [
-            t.narrow(dim, start, length) if t.dim() == first.dim() and t.shape[dim] == size else t
-            for t in tensors
-        ]
-        part = channel_sum(product(*blocks, out=scratch.narrow(dim, 0, length)), axes)
-        parts.append(part)
+        yield (
+            dim,
+            [
+                t.narrow(dim, start, length)
+                if t.dim() == first.dim() and t.shape[dim] == size
+                else t
+                for t in tensors
+            ],
+        )
+
+
+def _combine(parts: Sequence[torch.Tensor], dim: int, axes: Sequence[int]) -> torch.Tensor:
+    """Per-block channel sums as one: stacked along a kept ``dim``, added up over a reduced one."""
     if len(parts) == 1:
         return parts[0]
-    # A kept dimension's blocks are stacked along it; a reduced one's are added up.
-    return torch.cat(parts, dim=dim) if dim in axes else torch.stack(parts).sum(dim=0)
+    return torch.cat(list(parts), dim=dim) if dim in axes else torch.stack(list(parts)).sum(dim=0)
+
+
+def _upcast_blocks(
+    x: torch.Tensor, dtype: torch.dtype, others: Sequence[torch.Tensor]
+) -> Iterator[tuple[int, torch.Tensor, list[torch.Tensor]]]:
+    """:func:`_blocks` of a 16-bit ``x``, each converted to ``dtype`` in a reused scratch.
+
+    Yields the dimension, the converted block (scratch: free to modify in place) and the
+    slices of ``others``. Converting first matters: torch's elementwise ops on mixed 16- and
+    32-bit operands take a slow, unvectorised path (10x), the conversion in ``copy_`` does not.
+    """
+    for dim, (block, *rest) in _blocks(x, (x, *others)):
+        yield dim, _scratch_space.like(block, dtype, "upcast").copy_(block), rest
 
 
 def _upcast(block: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
@@ -253,9 +293,11 @@ def stats_pass(
     with torch.no_grad():
         acc = accumulation_dtype(x.dtype)
         reduce_dims = [d for d in range(x.dim()) if d not in axes]
-        if weights is None and x.dtype != acc:
+        if x.dtype != acc and weights is None:
             moments = _native_moments(x, axes, reduce_dims, acc)
             return moments or _upcast_moments(x, axes, reduce_dims, acc), None
+        if x.dtype != acc:
+            return _upcast_weighted_moments(x, weights.to(acc), axes, reduce_dims, acc), None
         xs = x.to(acc)
         if weights is None:
             count = weight_total(None, x.shape, reduce_dims).to(xs)
@@ -316,6 +358,33 @@ def _upcast_moments(
     mean = _blocked_channel_sum(_upcast, axes, x, dtype=acc) / count
     var = _blocked_channel_sum(_upcast_center_and_square, axes, x, mean, dtype=acc) / count
     return Moments(count=count, mean=mean, var=var)
+
+
+def _upcast_weighted_moments(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    axes: Sequence[int],
+    reduce_dims: Sequence[int],
+    acc: torch.dtype,
+) -> Moments:
+    """Weighted moments of a 16-bit ``x``: the ``acc`` sums on blocks upcast one at a time.
+
+    Each block goes through :func:`_weighted_channel_sum` as a float32 input would, its
+    weights sliced alongside; no full-size float32 copy of ``x`` is made.
+    """
+    count = weight_total(weights, x.shape, reduce_dims)
+
+    def weighted_sums(square: bool, mean: torch.Tensor | None) -> torch.Tensor:
+        others = (weights,) if mean is None else (weights, mean)
+        parts = []
+        for _, block, (block_weights, *block_mean) in _upcast_blocks(x, acc, others):
+            values = block.sub_(block_mean[0]) if square else block
+            parts.append(_weighted_channel_sum(square, axes, values, block_weights))
+        return _combine(parts, _memory_order(x)[0], axes)
+
+    mean = no_nan_divide(weighted_sums(False, None), count)
+    var = no_nan_divide(weighted_sums(True, mean), count)
+    return Moments(count=count.expand_as(mean), mean=mean, var=var)
 
 
 def _weighted_square(
@@ -489,7 +558,8 @@ def _apply_from_input(
     ``running_var = 1, eps = 0``, so its own ``invstd`` is exactly 1). It folds the mean into
     the shift, ``x \cdot a + (shift - mean \cdot a)``, whose float32 cancellation error
     ``|x| a 2^{-24}`` is below the output's 16-bit rounding unless ``|mean| / std > 2^{15}``,
-    a spread the 16-bit input itself cannot resolve. Elsewhere: float32 torch ops.
+    a spread the 16-bit input itself cannot resolve. Elsewhere: float32 torch ops on blocks
+    upcast one at a time (:func:`_upcast_blocks`).
     """
     if _per_kept_index(x_scale.shape, mean) and _per_kept_index(shift.shape, mean):
         y = native_inference(
@@ -503,7 +573,14 @@ def _apply_from_input(
         )
         if y is not None:
             return y
-    return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
+    if torch.broadcast_shapes(x.shape, mean.shape, x_scale.shape, shift.shape) != x.shape:
+        return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
+    y = torch.empty_like(x)
+    for _, block, (out, block_mean, block_scale, block_shift) in _upcast_blocks(
+        x, mean.dtype, (y, mean, x_scale, shift)
+    ):
+        out.copy_(torch.addcmul(block_shift, block.sub_(block_mean), block_scale, out=block))
+    return y
 
 
 def _per_kept_index(shape: torch.Size, mean: torch.Tensor) -> bool:
@@ -595,6 +672,17 @@ def _native_weighted_backward(
     dy_scale = scale * invstd
     minus_c0 = no_nan_divide(-dy_scale * sum_dy, total)
     minus_c1 = no_nan_divide(-dy_scale * invstd * sum_dy_x_hat, total)
+    if x.dtype != acc:  # 16-bit: a block of x and of dy upcast at a time
+        dx = torch.empty_like(x)
+        per_channel = (mean, minus_c0, minus_c1, dy_scale)
+        for _, block, (out, w, dy_block, *factors) in _upcast_blocks(
+            x, acc, (dx, weights, dy, *per_channel)
+        ):
+            m, c0, c1, k = factors
+            dy_up = _scratch_space.like(dy_block, acc, "upcast dy").copy_(dy_block)
+            torch.addcmul(c0, block.sub_(m), c1, out=block).mul_(w).addcmul_(dy_up, k)
+            out.copy_(block)
+        return dx, sum_dy_x_hat, sum_dy
     dx = x.to(acc) - mean
     torch.addcmul(minus_c0, dx, minus_c1, out=dx).mul_(weights).addcmul_(dy.to(acc), dy_scale)
     return dx.to(x.dtype), sum_dy_x_hat, sum_dy
