@@ -23,6 +23,11 @@ into runs and the reduced runs summed innermost first, so every sum is a contigu
 a sum down contiguous columns (NCHW, channels_last, dense inputs, and ghost batches of each);
 only a non-dense input falls back to a plain multi-dimension sum. Products inside sums (squares,
 weights) are formed in reused cache-sized blocks, never as full-size temporaries.
+
+16-bit inputs (bfloat16, float16) are never copied whole to float32. Unweighted, with a block
+view, ATen's kernels do both forward passes (statistics accumulated in float32, the apply 16-bit
+in and out); with weights, a mask or no block view, blocks of the input are upcast one at a time
+into a reused float32 scratch and go through the float32 code.
 """
 
 from __future__ import annotations
