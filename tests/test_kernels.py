@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from batchnorm import _kernels
+from batchnorm import _reductions
 from batchnorm._kernels import (
     NormalizeApply,
     channel_sum,
@@ -129,7 +129,7 @@ def test_channel_sums_over_any_layout_match_float64(make):
 
 def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension(monkeypatch):
     """Per-example rows of a channels_last batch: blocks along the batch are stacked, not added."""
-    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 1000)  # 4 blocks along the kept batch
+    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 1000)  # 4 blocks along the kept batch
     generator = torch.Generator().manual_seed(3)
     t = torch.randn(8, 4, 10, 10, generator=generator).contiguous(memory_format=torch.channels_last)
     want = (t.double() ** 2).sum(dim=(2, 3), keepdim=True)
@@ -139,7 +139,7 @@ def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension(monkeypatch):
 
 def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypatch):
     """Kept axes (0, 2) of a contiguous (8, 5, 3): the mean is sliced with each block of x."""
-    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 16)  # one example per block
+    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 16)  # one example per block
     x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(4)) * 2 + 3
     moments, centered = stats_pass(x, (0, 2))
     x64 = x.double()
@@ -168,7 +168,7 @@ SIXTEEN_BIT_LAYOUTS = {
 @pytest.mark.parametrize("dtype16", [torch.bfloat16, torch.float16])
 def test_sixteen_bit_moments_output_and_gradients_match_float64(layout, dtype16, monkeypatch):
     """16-bit inputs: float32 moments, a 16-bit output, gradients; against float64 autograd."""
-    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 256)  # several blocks where upcast
+    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 256)  # several blocks where upcast
     make, axes = SIXTEEN_BIT_LAYOUTS[layout]
     generator = torch.Generator().manual_seed(5)
     x = make((torch.randn(6, 4, 5, 7, generator=generator) * 1.5 + 10).to(dtype16))
@@ -212,7 +212,7 @@ def test_sixteen_bit_weighted_moments_and_backward_match_float64(
     memory_format, weight_shape, dtype16, monkeypatch
 ):
     """16-bit weighted: float32 sums of upcast blocks, 16-bit output and gradient; vs float64."""
-    monkeypatch.setattr(_kernels, "_BLOCK_ELEMENTS", 200)  # several blocks of x
+    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)  # several blocks of x
     generator = torch.Generator().manual_seed(7)
     x = (torch.randn(6, 3, 5, 7, generator=generator) * 3 + 5).to(dtype16)
     x = x.contiguous(memory_format=memory_format)

@@ -21,6 +21,7 @@ LAYERS = {
     "_moments": 1,
     "_affine": 1,
     "_tf_rules": 1,
+    "_reductions": 1,
     "initializers": 1,
     "regularizers": 1,
     "constraints": 1,

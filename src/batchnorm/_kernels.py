@@ -18,11 +18,8 @@ built by autograd from gamma, beta and whatever variant composes into them (see
 :mod:`batchnorm._affine`), so this module never changes when a variant is added: the function
 returns ``dA = sum(dy * x_hat)`` and ``dB = sum(dy)`` and autograd carries them on.
 
-Reductions run over the input in memory order, with adjacent kept or reduced dimensions merged
-into runs and the reduced runs summed innermost first, so every sum is a contiguous row sum or
-a sum down contiguous columns (NCHW, channels_last, dense inputs, and ghost batches of each);
-only a non-dense input falls back to a plain multi-dimension sum. Products inside sums (squares,
-weights) are formed in reused cache-sized blocks, never as full-size temporaries.
+The per-channel sums, and the cache-sized blocks that keep products out of full-size
+temporaries, are :mod:`batchnorm._reductions`.
 
 16-bit inputs (bfloat16, float16) are never copied whole to float32. Unweighted, with a block
 view, ATen's kernels do both forward passes (statistics accumulated in float32, the apply 16-bit
@@ -32,14 +29,25 @@ into a reused float32 scratch and go through the float32 code.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from math import prod
 
 import torch
 from torch.autograd.function import once_differentiable
 
 from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, weighted
+from batchnorm._reductions import (
+    block_view,
+    blocked_channel_sum,
+    channel_sum,
+    channel_sum_of_squares,
+    combine_blocks,
+    from_block_view,
+    keep_shape,
+    memory_order,
+    scratch_space,
+    upcast_blocks,
+)
 from batchnorm._types import Moments
 
 __all__ = [
@@ -49,213 +57,6 @@ __all__ = [
     "native_inference",
     "stats_pass",
 ]
-
-
-def _memory_order(t: torch.Tensor) -> list[int]:
-    """Dimensions of ``t`` from outermost to innermost in memory (ties keep logical order)."""
-    return sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
-
-
-def _block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
-    """``t`` as ``(outer, channels, inner)`` in memory order, or None if no such view exists.
-
-    It exists when ``t`` is dense and the kept ``axes`` are adjacent in memory, in ascending
-    order: NCHW and channels_last inputs, and every contiguous input with one kept axis.
-    """
-    if t.numel() == 0:
-        return None
-    order = _memory_order(t)
-    in_memory_order = t.permute(order)
-    if not in_memory_order.is_contiguous():
-        return None
-    positions = [order.index(a) for a in sorted(axes)]
-    first, last = positions[0], positions[-1]
-    if positions != list(range(first, last + 1)):
-        return None
-    sizes = in_memory_order.shape
-    return in_memory_order.view(prod(sizes[:first]), prod(sizes[first : last + 1]), -1)
-
-
-def _from_block_view(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`_block_view`: ``block`` reshaped to ``like``'s shape and strides."""
-    order = _memory_order(like)
-    in_memory_order = block.reshape([like.shape[d] for d in order])
-    return in_memory_order.permute([order.index(d) for d in range(like.dim())])
-
-
-def _keep_shape(t: torch.Tensor, axes: Sequence[int]) -> tuple[int, ...]:
-    return tuple(t.shape[d] if d in axes else 1 for d in range(t.dim()))
-
-
-def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
-    """Sum of ``t`` over every dimension but ``axes``, kept as size-1 dimensions.
-
-    Example:
-        >>> channel_sum(torch.ones(2, 3, 4), [1]).flatten().tolist()
-        [8.0, 8.0, 8.0]
-
-    """
-    keep = _keep_shape(t, axes)
-    order = _memory_order(t)
-    in_memory_order = t.permute(order)
-    if t.numel() == 0 or not in_memory_order.is_contiguous():
-        reduce_dims = [d for d in range(t.dim()) if d not in axes]
-        return t.sum(dim=reduce_dims, keepdim=True)
-    # Coalesce memory-adjacent dimensions into alternating kept/reduced runs, then reduce the
-    # runs innermost first: each sum is a contiguous row sum or a sum over a middle dimension
-    # with contiguous columns, both fast, where one multi-dimension sum is not (ghost batches
-    # on channels_last inputs keep (group, channel) with (height, width) between them).
-    sizes: list[int] = []
-    kept: list[bool] = []
-    for d in order:
-        if kept and kept[-1] == (d in axes):
-            sizes[-1] *= t.shape[d]
-        else:
-            sizes.append(t.shape[d])
-            kept.append(d in axes)
-    total = in_memory_order.view(sizes)
-    for run in reversed(range(len(sizes))):
-        if not kept[run]:
-            total = total.sum(dim=run)
-    kept_in_memory_order = [d for d in order if d in axes]
-    total = total.view([t.shape[d] for d in kept_in_memory_order])
-    to_logical = [kept_in_memory_order.index(d) for d in sorted(axes)]
-    return total.permute(to_logical).reshape(keep)
-
-
-def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
-    """Sum of ``t ** 2`` over every dimension but ``axes``; no temporary when rows are long.
-
-    Example:
-        >>> channel_sum_of_squares(torch.full((2, 3), 2.0), [1]).flatten().round().tolist()
-        [8.0, 8.0, 8.0]
-
-    """
-    keep = _keep_shape(t, axes)
-    view = _block_view(t, axes)
-    if view is not None and view.shape[2] > 1:
-        return torch.linalg.vector_norm(view, dim=2).square().sum(dim=0).view(keep)
-    # Channels innermost, or kept axes apart: torch's norm along strided dimensions is ~20x
-    # slower than a sum, so square blocks into a small, cache-resident temporary and sum.
-    return _blocked_channel_sum(_square, axes, t)
-
-
-def _square(t: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
-    return torch.mul(t, t, out=out)
-
-
-# Elements per block of _blocked_channel_sum: 4 MB of float32. Blocks stay in the last-level
-# cache; smaller ones pay torch's per-op cost (tens of microseconds here) more often.
-_BLOCK_ELEMENTS = 1 << 20
-
-
-class _ScratchSpace(threading.local):
-    """One reused buffer per thread, device and dtype for :func:`_blocked_channel_sum`.
-
-    A fresh buffer per call costs page faults wherever the allocator hands memory back to the
-    system between calls (glibc does, for buffers of megabytes), a large share of a pass that
-    reads a few megabytes. The buffers hold at most ``_BLOCK_ELEMENTS`` elements each.
-    """
-
-    def __init__(self) -> None:
-        self.buffers: dict[tuple[str, torch.device, torch.dtype, bool], torch.Tensor] = {}
-
-    def like(self, block: torch.Tensor, dtype: torch.dtype, role: str = "product") -> torch.Tensor:
-        """An uninitialised tensor of ``block``'s shape, dimension order in memory and device.
-
-        Buffers of different ``role`` are distinct, so a block upcast into one can feed a
-        blocked sum that writes its products into another.
-        """
-        # Inference-mode tensors cannot be written outside inference mode: keep them apart.
-        key = (role, block.device, dtype, torch.is_inference_mode_enabled())
-        buffer = self.buffers.get(key)
-        if buffer is None or buffer.numel() < block.numel():
-            buffer = torch.empty(
-                max(block.numel(), _BLOCK_ELEMENTS), dtype=dtype, device=block.device
-            )
-            self.buffers[key] = buffer
-        order = _memory_order(block)
-        in_memory_order = buffer[: block.numel()].view([block.shape[d] for d in order])
-        return in_memory_order.permute([order.index(d) for d in range(block.dim())])
-
-
-_scratch_space = _ScratchSpace()
-
-
-def _blocked_channel_sum(
-    product: Callable[..., torch.Tensor],
-    axes: Sequence[int],
-    *tensors: torch.Tensor,
-    dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``channel_sum(product(*tensors), axes)`` without a full-size temporary.
-
-    ``product(*blocks, out=scratch)`` (elementwise, broadcasting to the first tensor's shape)
-    runs on slices along the outermost dimension in memory and writes into a scratch block of
-    ``dtype`` (default: the first tensor's) that stays in cache and is reused across blocks
-    and calls (:class:`_ScratchSpace`). The first tensor fixes the layout; the others are
-    sliced alongside it where they span that dimension, else broadcast. ``axes`` must leave
-    a dimension to reduce (the sums are then new tensors, not views of the scratch).
-
-    Example:
-        >>> x = torch.arange(6.0).reshape(3, 2)
-        >>> _blocked_channel_sum(torch.mul, [1], x, x).flatten().tolist()
-        [20.0, 35.0]
-    """
-    first = tensors[0]
-    scratch = None
-    parts = []
-    for dim, blocks in _blocks(first, tensors):
-        if scratch is None:
-            scratch = _scratch_space.like(blocks[0], dtype or first.dtype)
-        out = scratch.narrow(dim, 0, blocks[0].shape[dim])
-        parts.append(channel_sum(product(*blocks, out=out), axes))
-    return _combine(parts, dim, axes)
-
-
-def _blocks(
-    first: torch.Tensor, tensors: Sequence[torch.Tensor]
-) -> Iterator[tuple[int, list[torch.Tensor]]]:
-    """Slices of ``tensors`` along ``first``'s outermost dimension in memory, a block at a time.
-
-    A block holds about ``_BLOCK_ELEMENTS`` elements of ``first``. Tensors that span that
-    dimension (``first``'s rank and size there) are sliced; the others broadcast and pass
-    whole. Yields the dimension and the slices.
-    """
-    dim = _memory_order(first)[0]
-    size = first.shape[dim]
-    step = min(size, max(1, _BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
-    for start in range(0, size, step):
-        length = min(step, size - start)
-        yield (
-            dim,
-            [
-                t.narrow(dim, start, length)
-                if t.dim() == first.dim() and t.shape[dim] == size
-                else t
-                for t in tensors
-            ],
-        )
-
-
-def _combine(parts: Sequence[torch.Tensor], dim: int, axes: Sequence[int]) -> torch.Tensor:
-    """Per-block channel sums as one: stacked along a kept ``dim``, added up over a reduced one."""
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat(list(parts), dim=dim) if dim in axes else torch.stack(list(parts)).sum(dim=0)
-
-
-def _upcast_blocks(
-    x: torch.Tensor, dtype: torch.dtype, others: Sequence[torch.Tensor]
-) -> Iterator[tuple[int, torch.Tensor, list[torch.Tensor]]]:
-    """:func:`_blocks` of a 16-bit ``x``, each converted to ``dtype`` in a reused scratch.
-
-    Yields the dimension, the converted block (scratch: free to modify in place) and the
-    slices of ``others``. Converting first matters: torch's elementwise ops on mixed 16- and
-    32-bit operands take a slow, unvectorised path (10x), the conversion in ``copy_`` does not.
-    """
-    for dim, (block, *rest) in _blocks(x, (x, *others)):
-        yield dim, _scratch_space.like(block, dtype, "upcast").copy_(block), rest
 
 
 def _upcast(block: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
@@ -307,7 +108,7 @@ def stats_pass(
         if weights is None:
             count = weight_total(None, x.shape, reduce_dims).to(xs)
             mean = channel_sum(xs, axes) / count
-            view = _block_view(xs, axes)
+            view = block_view(xs, axes)
             if view is not None and view.shape[2] > 1:
                 # Rows of x: torch's row norms read x - mean once, with no temporary.
                 centered = xs - mean
@@ -316,7 +117,7 @@ def stats_pass(
                 # Channels innermost: write x - mean and sum its squares block by block, while
                 # each block is in cache (a strided norm would be ~20x slower).
                 centered = torch.empty_like(xs)
-                var = _blocked_channel_sum(_center_and_square, axes, xs, centered, mean) / count
+                var = blocked_channel_sum(_center_and_square, axes, xs, centered, mean) / count
         else:
             weights = weights.to(acc)
             count = weight_total(weights, x.shape, reduce_dims)
@@ -342,7 +143,7 @@ def _native_moments(
     if aten_input is None:
         return None
     block = aten_input[0]
-    keep = _keep_shape(x, axes)
+    keep = keep_shape(x, axes)
     channels = prod(keep)
     unused = torch.zeros(channels, dtype=acc, device=x.device)
     mean, var = torch.ops.aten.batch_norm_update_stats(block, unused, unused.clone(), 0.0)
@@ -360,8 +161,8 @@ def _upcast_moments(
     cache-resident scratch instead, once for the mean and once for the centred squares.
     """
     count = weight_total(None, x.shape, reduce_dims).to(acc)
-    mean = _blocked_channel_sum(_upcast, axes, x, dtype=acc) / count
-    var = _blocked_channel_sum(_upcast_center_and_square, axes, x, mean, dtype=acc) / count
+    mean = blocked_channel_sum(_upcast, axes, x, dtype=acc) / count
+    var = blocked_channel_sum(_upcast_center_and_square, axes, x, mean, dtype=acc) / count
     return Moments(count=count, mean=mean, var=var)
 
 
@@ -382,10 +183,10 @@ def _upcast_weighted_moments(
     def weighted_sums(square: bool, mean: torch.Tensor | None) -> torch.Tensor:
         others = (weights,) if mean is None else (weights, mean)
         parts = []
-        for _, block, (block_weights, *block_mean) in _upcast_blocks(x, acc, others):
+        for _, block, (block_weights, *block_mean) in upcast_blocks(x, acc, others):
             values = block.sub_(block_mean[0]) if square else block
             parts.append(_weighted_channel_sum(square, axes, values, block_weights))
-        return _combine(parts, _memory_order(x)[0], axes)
+        return combine_blocks(parts, memory_order(x)[0], axes)
 
     mean = no_nan_divide(weighted_sums(False, None), count)
     var = no_nan_divide(weighted_sums(True, mean), count)
@@ -423,11 +224,11 @@ def _weighted_channel_sum(
     if rows is not None:
         return rows
     plain = _plain_weighted_square if square else torch.mul
-    total = _blocked_channel_sum(plain, axes, values, weights)
+    total = blocked_channel_sum(plain, axes, values, weights)
     if bool(torch.isfinite(total).all()):
         return total
     safe = _weighted_square if square else _safe_weighted
-    return _blocked_channel_sum(safe, axes, values, weights)
+    return blocked_channel_sum(safe, axes, values, weights)
 
 
 def _weighted_rows(
@@ -564,7 +365,7 @@ def _apply_from_input(
     the shift, ``x \cdot a + (shift - mean \cdot a)``, whose float32 cancellation error
     ``|x| a 2^{-24}`` is below the output's 16-bit rounding unless ``|mean| / std > 2^{15}``,
     a spread the 16-bit input itself cannot resolve. Elsewhere: float32 torch ops on blocks
-    upcast one at a time (:func:`_upcast_blocks`).
+    upcast one at a time (:func:`upcast_blocks`).
     """
     if _per_kept_index(x_scale.shape, mean) and _per_kept_index(shift.shape, mean):
         y = native_inference(
@@ -581,7 +382,7 @@ def _apply_from_input(
     if torch.broadcast_shapes(x.shape, mean.shape, x_scale.shape, shift.shape) != x.shape:
         return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
     y = torch.empty_like(x)
-    for _, block, (out, block_mean, block_scale, block_shift) in _upcast_blocks(
+    for _, block, (out, block_mean, block_scale, block_shift) in upcast_blocks(
         x, mean.dtype, (y, mean, x_scale, shift)
     ):
         out.copy_(_scale_and_shift_(block.sub_(block_mean), block_scale, block_shift))
@@ -601,7 +402,7 @@ def _scale_and_shift_(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor)
         tensor([[3., 3., 3.],
                 [4., 4., 4.]])
     """
-    inner = t.dim() - 1 - _memory_order(t)[-1]  # counted from the last dimension
+    inner = t.dim() - 1 - memory_order(t)[-1]  # counted from the last dimension
 
     def constant_along_inner(p: torch.Tensor) -> bool:
         return inner >= p.dim() or p.shape[p.dim() - 1 - inner] == 1
@@ -635,12 +436,12 @@ def _native_backward(
     with ``x - mean`` formed before the products (no cancellation). None when ``x`` has no
     block view (kept axes apart in memory, or not dense).
     """
-    block = _block_view(x, axes)
+    block = block_view(x, axes)
     if block is None:
         return None
     if dy.stride() != x.stride():
         dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
-    dy_block = _block_view(dy, axes)
+    dy_block = block_view(dy, axes)
     if dy_block is None:
         return None
     if block.shape[2] == 1:  # channels innermost: ATen's (N, C) kernel
@@ -659,7 +460,7 @@ def _native_backward(
     )
     keep = mean.shape
     return (
-        _from_block_view(dx, x) if dx is not None else None,
+        from_block_view(dx, x) if dx is not None else None,
         dscale.view(keep) if dscale is not None else None,
         dshift.view(keep) if dshift is not None else None,
     )
@@ -703,11 +504,11 @@ def _native_weighted_backward(
     if x.dtype != acc:  # 16-bit: a block of x and of dy upcast at a time
         dx = torch.empty_like(x)
         per_channel = (mean, minus_c0, minus_c1, dy_scale)
-        for _, block, (out, w, dy_block, *factors) in _upcast_blocks(
+        for _, block, (out, w, dy_block, *factors) in upcast_blocks(
             x, acc, (dx, weights, dy, *per_channel)
         ):
             m, c0, c1, k = factors
-            dy_up = _scratch_space.like(dy_block, acc, "upcast dy").copy_(dy_block)
+            dy_up = scratch_space.like(dy_block, acc, "upcast dy").copy_(dy_block)
             _scale_and_shift_(block.sub_(m), c1, c0).mul_(w).addcmul_(dy_up, k)
             out.copy_(block)
         return dx, sum_dy_x_hat, sum_dy
@@ -744,14 +545,14 @@ def _composite_backward(
     per_channel = scale.shape == mean.shape
     sum_dy = channel_sum(dy, axes)
     dshift = sum_dy if shift_shape == mean.shape else dy.sum_to_size(shift_shape)
-    sum_dy_centered = _blocked_channel_sum(torch.mul, axes, dy, centered)
+    sum_dy_centered = blocked_channel_sum(torch.mul, axes, dy, centered)
     if per_channel:
         dscale = sum_dy_centered * invstd
         sum_g, sum_g_centered = scale * sum_dy, scale * sum_dy_centered
     else:
         dscale = (dy * centered * invstd).sum_to_size(scale.shape)
-        sum_g = _blocked_channel_sum(torch.mul, axes, dy, scale)
-        sum_g_centered = _blocked_channel_sum(_triple_product, axes, dy, scale, centered)
+        sum_g = blocked_channel_sum(torch.mul, axes, dy, scale)
+        sum_g_centered = blocked_channel_sum(_triple_product, axes, dy, scale, centered)
     total = weight_total(weights, x.shape, reduce_dims).to(acc)
     # dx = invstd * (g - w / W * (sum_g + x_hat * sum_g_x_hat)), written over ``centered``.
     dx = _scale_and_shift_(centered, invstd * invstd * sum_g_centered, sum_g)
@@ -781,7 +582,7 @@ def _aten_input(
     """
     if x.dim() in (4, 5) and tuple(axes) == (1,) and x.is_contiguous():
         return x, None
-    view = _block_view(x, axes)
+    view = block_view(x, axes)
     if view is None:
         return None
     return (view[:, :, 0] if view.shape[2] == 1 else view), x
@@ -824,4 +625,4 @@ def native_inference(
         training=False,
         eps=epsilon,
     )
-    return y if restore is None else _from_block_view(y, restore)
+    return y if restore is None else from_block_view(y, restore)

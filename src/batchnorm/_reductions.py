@@ -1,0 +1,241 @@
+"""Per-channel sums over any memory layout, and the blocks that keep temporaries in cache.
+
+Sums run over the input in memory order, with adjacent kept or reduced dimensions merged into
+runs and the reduced runs summed innermost first, so every sum is a contiguous row sum or a sum
+down contiguous columns (NCHW, channels_last, dense inputs, and ghost batches of each); only a
+non-dense input falls back to a plain multi-dimension sum. Products inside sums (squares,
+weights) are formed in cache-sized blocks of a reused scratch (:class:`ScratchSpace`), never
+as full-size temporaries, and 16-bit inputs are upcast a block at a time
+(:func:`upcast_blocks`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from math import prod
+
+import torch
+
+__all__ = [
+    "BLOCK_ELEMENTS",
+    "ScratchSpace",
+    "block_view",
+    "blocked_channel_sum",
+    "blocks",
+    "channel_sum",
+    "channel_sum_of_squares",
+    "combine_blocks",
+    "from_block_view",
+    "keep_shape",
+    "memory_order",
+    "scratch_space",
+    "upcast_blocks",
+]
+
+
+def memory_order(t: torch.Tensor) -> list[int]:
+    """Dimensions of ``t`` from outermost to innermost in memory (ties keep logical order)."""
+    return sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+
+
+def block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
+    """``t`` as ``(outer, channels, inner)`` in memory order, or None if no such view exists.
+
+    It exists when ``t`` is dense and the kept ``axes`` are adjacent in memory, in ascending
+    order: NCHW and channels_last inputs, and every contiguous input with one kept axis.
+    """
+    if t.numel() == 0:
+        return None
+    order = memory_order(t)
+    in_memory_order = t.permute(order)
+    if not in_memory_order.is_contiguous():
+        return None
+    positions = [order.index(a) for a in sorted(axes)]
+    first, last = positions[0], positions[-1]
+    if positions != list(range(first, last + 1)):
+        return None
+    sizes = in_memory_order.shape
+    return in_memory_order.view(prod(sizes[:first]), prod(sizes[first : last + 1]), -1)
+
+
+def from_block_view(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Undo :func:`block_view`: ``block`` reshaped to ``like``'s shape and strides."""
+    order = memory_order(like)
+    in_memory_order = block.reshape([like.shape[d] for d in order])
+    return in_memory_order.permute([order.index(d) for d in range(like.dim())])
+
+
+def keep_shape(t: torch.Tensor, axes: Sequence[int]) -> tuple[int, ...]:
+    return tuple(t.shape[d] if d in axes else 1 for d in range(t.dim()))
+
+
+def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Sum of ``t`` over every dimension but ``axes``, kept as size-1 dimensions.
+
+    Example:
+        >>> channel_sum(torch.ones(2, 3, 4), [1]).flatten().tolist()
+        [8.0, 8.0, 8.0]
+
+    """
+    keep = keep_shape(t, axes)
+    order = memory_order(t)
+    in_memory_order = t.permute(order)
+    if t.numel() == 0 or not in_memory_order.is_contiguous():
+        reduce_dims = [d for d in range(t.dim()) if d not in axes]
+        return t.sum(dim=reduce_dims, keepdim=True)
+    # Coalesce memory-adjacent dimensions into alternating kept/reduced runs, then reduce the
+    # runs innermost first: each sum is a contiguous row sum or a sum over a middle dimension
+    # with contiguous columns, both fast, where one multi-dimension sum is not (ghost batches
+    # on channels_last inputs keep (group, channel) with (height, width) between them).
+    sizes: list[int] = []
+    kept: list[bool] = []
+    for d in order:
+        if kept and kept[-1] == (d in axes):
+            sizes[-1] *= t.shape[d]
+        else:
+            sizes.append(t.shape[d])
+            kept.append(d in axes)
+    total = in_memory_order.view(sizes)
+    for run in reversed(range(len(sizes))):
+        if not kept[run]:
+            total = total.sum(dim=run)
+    kept_in_memory_order = [d for d in order if d in axes]
+    total = total.view([t.shape[d] for d in kept_in_memory_order])
+    to_logical = [kept_in_memory_order.index(d) for d in sorted(axes)]
+    return total.permute(to_logical).reshape(keep)
+
+
+def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
+    """Sum of ``t ** 2`` over every dimension but ``axes``; no temporary when rows are long.
+
+    Example:
+        >>> channel_sum_of_squares(torch.full((2, 3), 2.0), [1]).flatten().round().tolist()
+        [8.0, 8.0, 8.0]
+
+    """
+    keep = keep_shape(t, axes)
+    view = block_view(t, axes)
+    if view is not None and view.shape[2] > 1:
+        return torch.linalg.vector_norm(view, dim=2).square().sum(dim=0).view(keep)
+    # Channels innermost, or kept axes apart: torch's norm along strided dimensions is ~20x
+    # slower than a sum, so square blocks into a small, cache-resident temporary and sum.
+    return blocked_channel_sum(_square, axes, t)
+
+
+def _square(t: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    return torch.mul(t, t, out=out)
+
+
+# Elements per block of blocked_channel_sum: 4 MB of float32. Blocks stay in the last-level
+# cache; smaller ones pay torch's per-op cost (tens of microseconds here) more often.
+BLOCK_ELEMENTS = 1 << 20
+
+
+class ScratchSpace(threading.local):
+    """One reused buffer per thread, device and dtype for :func:`blocked_channel_sum`.
+
+    A fresh buffer per call costs page faults wherever the allocator hands memory back to the
+    system between calls (glibc does, for buffers of megabytes), a large share of a pass that
+    reads a few megabytes. The buffers hold at most ``BLOCK_ELEMENTS`` elements each.
+    """
+
+    def __init__(self) -> None:
+        self.buffers: dict[tuple[str, torch.device, torch.dtype, bool], torch.Tensor] = {}
+
+    def like(self, block: torch.Tensor, dtype: torch.dtype, role: str = "product") -> torch.Tensor:
+        """An uninitialised tensor of ``block``'s shape, dimension order in memory and device.
+
+        Buffers of different ``role`` are distinct, so a block upcast into one can feed a
+        blocked sum that writes its products into another.
+        """
+        # Inference-mode tensors cannot be written outside inference mode: keep them apart.
+        key = (role, block.device, dtype, torch.is_inference_mode_enabled())
+        buffer = self.buffers.get(key)
+        if buffer is None or buffer.numel() < block.numel():
+            buffer = torch.empty(
+                max(block.numel(), BLOCK_ELEMENTS), dtype=dtype, device=block.device
+            )
+            self.buffers[key] = buffer
+        order = memory_order(block)
+        in_memory_order = buffer[: block.numel()].view([block.shape[d] for d in order])
+        return in_memory_order.permute([order.index(d) for d in range(block.dim())])
+
+
+scratch_space = ScratchSpace()
+
+
+def blocked_channel_sum(
+    product: Callable[..., torch.Tensor],
+    axes: Sequence[int],
+    *tensors: torch.Tensor,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``channel_sum(product(*tensors), axes)`` without a full-size temporary.
+
+    ``product(*blocks, out=scratch)`` (elementwise, broadcasting to the first tensor's shape)
+    runs on slices along the outermost dimension in memory and writes into a scratch block of
+    ``dtype`` (default: the first tensor's) that stays in cache and is reused across blocks
+    and calls (:class:`ScratchSpace`). The first tensor fixes the layout; the others are
+    sliced alongside it where they span that dimension, else broadcast. ``axes`` must leave
+    a dimension to reduce (the sums are then new tensors, not views of the scratch).
+
+    Example:
+        >>> x = torch.arange(6.0).reshape(3, 2)
+        >>> blocked_channel_sum(torch.mul, [1], x, x).flatten().tolist()
+        [20.0, 35.0]
+    """
+    first = tensors[0]
+    scratch = None
+    parts = []
+    for dim, sliced in blocks(first, tensors):
+        if scratch is None:
+            scratch = scratch_space.like(sliced[0], dtype or first.dtype)
+        out = scratch.narrow(dim, 0, sliced[0].shape[dim])
+        parts.append(channel_sum(product(*sliced, out=out), axes))
+    return combine_blocks(parts, dim, axes)
+
+
+def blocks(
+    first: torch.Tensor, tensors: Sequence[torch.Tensor]
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """Slices of ``tensors`` along ``first``'s outermost dimension in memory, a block at a time.
+
+    A block holds about ``BLOCK_ELEMENTS`` elements of ``first``. Tensors that span that
+    dimension (``first``'s rank and size there) are sliced; the others broadcast and pass
+    whole. Yields the dimension and the slices.
+    """
+    dim = memory_order(first)[0]
+    size = first.shape[dim]
+    step = min(size, max(1, BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
+    for start in range(0, size, step):
+        length = min(step, size - start)
+        yield (
+            dim,
+            [
+                t.narrow(dim, start, length)
+                if t.dim() == first.dim() and t.shape[dim] == size
+                else t
+                for t in tensors
+            ],
+        )
+
+
+def combine_blocks(parts: Sequence[torch.Tensor], dim: int, axes: Sequence[int]) -> torch.Tensor:
+    """Per-block channel sums as one: stacked along a kept ``dim``, added up over a reduced one."""
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(list(parts), dim=dim) if dim in axes else torch.stack(list(parts)).sum(dim=0)
+
+
+def upcast_blocks(
+    x: torch.Tensor, dtype: torch.dtype, others: Sequence[torch.Tensor]
+) -> Iterator[tuple[int, torch.Tensor, list[torch.Tensor]]]:
+    """:func:`blocks` of a 16-bit ``x``, each converted to ``dtype`` in a reused scratch.
+
+    Yields the dimension, the converted block (scratch: free to modify in place) and the
+    slices of ``others``. Converting first matters: torch's elementwise ops on mixed 16- and
+    32-bit operands take a slow, unvectorised path (10x), the conversion in ``copy_`` does not.
+    """
+    for dim, (block, *rest) in blocks(x, (x, *others)):
+        yield dim, scratch_space.like(block, dtype, "upcast").copy_(block), rest
