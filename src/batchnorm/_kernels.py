@@ -59,18 +59,6 @@ __all__ = [
 ]
 
 
-def _upcast(block: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
-    return out.copy_(block)
-
-
-def _upcast_center_and_square(
-    block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
-) -> torch.Tensor:
-    # Convert first: torch's elementwise ops on mixed 16/32-bit operands take a slow,
-    # unvectorised path (10x), while the conversion in copy_ is vectorised.
-    return out.copy_(block).sub_(mean).square_()
-
-
 def _center_and_square(
     block: torch.Tensor, centered_block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
 ) -> torch.Tensor:
@@ -85,11 +73,11 @@ def stats_pass(
 
     Returns the moments and the centred input ``x - mean`` (in the accumulation dtype and
     ``x``'s memory format), which :class:`NormalizeApply` takes as its workspace: the output is
-    written over it, so the forward allocates one full-size tensor in all. For an unweighted
-    16-bit ``x`` the centred input is None: the moments come from blocks upcast one at a time
-    and the apply reads ``x`` itself. ``weights`` (broadcastable to ``x``) give weighted
-    moments. Matches
-    :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
+    written over it, so the forward allocates one full-size tensor in all. For a 16-bit ``x``
+    the centred input is None: the moments come from ATen's statistics kernel or from blocks
+    upcast one at a time, and the apply reads ``x`` itself. ``weights`` (broadcastable to
+    ``x``) give weighted moments. Matches :func:`batchnorm._moments.compute_moments` (the
+    readable statement) to rounding.
 
     Example:
         >>> moments, centered = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
@@ -99,11 +87,10 @@ def stats_pass(
     with torch.no_grad():
         acc = accumulation_dtype(x.dtype)
         reduce_dims = [d for d in range(x.dim()) if d not in axes]
-        if x.dtype != acc and weights is None:
-            moments = _native_moments(x, axes, reduce_dims, acc)
-            return moments or _upcast_moments(x, axes, reduce_dims, acc), None
         if x.dtype != acc:
-            return _upcast_weighted_moments(x, weights.to(acc), axes, reduce_dims, acc), None
+            weights = None if weights is None else weights.to(acc)
+            moments = _native_moments(x, axes, reduce_dims, acc) if weights is None else None
+            return moments or _upcast_moments(x, weights, axes, reduce_dims, acc), None
         xs = x.to(acc)
         if weights is None:
             count = weight_total(None, x.shape, reduce_dims).to(xs)
@@ -152,45 +139,39 @@ def _native_moments(
 
 
 def _upcast_moments(
-    x: torch.Tensor, axes: Sequence[int], reduce_dims: Sequence[int], acc: torch.dtype
-) -> Moments:
-    """Two-pass moments of a 16-bit ``x`` in ``acc``, upcasting one block at a time.
-
-    For layouts without a block view. A float32 copy of the whole input would be two
-    full-size buffers more than the native kernel touches; each block is converted into a
-    cache-resident scratch instead, once for the mean and once for the centred squares.
-    """
-    count = weight_total(None, x.shape, reduce_dims).to(acc)
-    mean = blocked_channel_sum(_upcast, axes, x, dtype=acc) / count
-    var = blocked_channel_sum(_upcast_center_and_square, axes, x, mean, dtype=acc) / count
-    return Moments(count=count, mean=mean, var=var)
-
-
-def _upcast_weighted_moments(
     x: torch.Tensor,
-    weights: torch.Tensor,
+    weights: torch.Tensor | None,
     axes: Sequence[int],
     reduce_dims: Sequence[int],
     acc: torch.dtype,
 ) -> Moments:
-    """Weighted moments of a 16-bit ``x``: the ``acc`` sums on blocks upcast one at a time.
+    """Two-pass (weighted) moments of a 16-bit ``x`` in ``acc``, upcasting a block at a time.
 
-    Each block goes through :func:`_weighted_channel_sum` as a float32 input would, its
-    weights sliced alongside; no full-size float32 copy of ``x`` is made.
+    For weights, masks and layouts without a block view. Each block goes through the ``acc``
+    sums as a float32 input would, its weights sliced alongside: no full-size float32 copy of
+    ``x`` is made, where one would be two full-size buffers more than the native kernel
+    touches.
     """
-    count = weight_total(weights, x.shape, reduce_dims)
+    count = weight_total(weights, x.shape, reduce_dims).to(acc)
 
-    def weighted_sums(square: bool, mean: torch.Tensor | None) -> torch.Tensor:
-        others = (weights,) if mean is None else (weights, mean)
+    def block_sums(mean: torch.Tensor | None) -> torch.Tensor:
+        """Per-channel sums of the blocks (their centred squares when ``mean`` is given)."""
+        others = [t for t in (weights, mean) if t is not None]
         parts = []
-        for _, block, (block_weights, *block_mean) in upcast_blocks(x, acc, others):
-            values = block.sub_(block_mean[0]) if square else block
-            parts.append(_weighted_channel_sum(square, axes, values, block_weights))
+        for _, block, sliced in upcast_blocks(x, acc, others):
+            square = mean is not None
+            values = block.sub_(sliced[-1]) if square else block
+            if weights is not None:
+                parts.append(_weighted_channel_sum(square, axes, values, sliced[0]))
+            elif square:
+                parts.append(channel_sum_of_squares(values, axes))
+            else:
+                parts.append(channel_sum(values, axes))
         return combine_blocks(parts, memory_order(x)[0], axes)
 
-    mean = no_nan_divide(weighted_sums(False, None), count)
-    var = no_nan_divide(weighted_sums(True, mean), count)
-    return Moments(count=count.expand_as(mean), mean=mean, var=var)
+    mean = no_nan_divide(block_sums(None), count)
+    var = no_nan_divide(block_sums(mean), count)
+    return Moments(count=count if weights is None else count.expand_as(mean), mean=mean, var=var)
 
 
 def _weighted_square(
@@ -259,9 +240,9 @@ class NormalizeApply(torch.autograd.Function):
     which is what makes this batch norm rather than a fixed affine map. ``scale`` and ``shift``
     broadcast against ``x`` (per channel, or any broadcastable shape, e.g. a per-element
     ``adjustment``) and receive ``sum(dy * x_hat)`` and ``sum(dy)`` reduced to their shapes.
-    ``weights`` are constants (no gradient). When ``centered`` has ``x``'s dtype the output is
-    written over it (it is marked dirty and returned); when it is None (16-bit ``x``), the
-    output is computed from ``x`` directly (:func:`_apply_from_input`).
+    ``weights`` are constants (no gradient). The output is written over ``centered`` (it is
+    marked dirty and returned); when ``centered`` is None (16-bit ``x``), the output is
+    computed from ``x`` directly (:func:`_apply_from_input`).
 
     .. math::
 
@@ -306,10 +287,10 @@ class NormalizeApply(torch.autograd.Function):
         x_scale = invstd * scale
         if centered is None:
             return _apply_from_input(x, mean, x_scale, shift, axes)
-        if centered.dtype == x.dtype and x_scale.dim() <= x.dim() and centered.shape == x.shape:
+        if torch.broadcast_shapes(centered.shape, x_scale.shape, shift.shape) == x.shape:
             ctx.mark_dirty(centered)
             return _scale_and_shift_(centered, x_scale, shift)
-        return torch.addcmul(shift, centered, x_scale).to(x.dtype)
+        return torch.addcmul(shift, centered, x_scale)  # broadcast beyond x's shape
 
     @staticmethod
     @once_differentiable

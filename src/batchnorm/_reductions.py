@@ -133,7 +133,7 @@ BLOCK_ELEMENTS = 1 << 20
 
 
 class ScratchSpace(threading.local):
-    """One reused buffer per thread, device and dtype for :func:`blocked_channel_sum`.
+    """One reused buffer per thread, role, device and dtype, for blocked sums and upcasts.
 
     A fresh buffer per call costs page faults wherever the allocator hands memory back to the
     system between calls (glibc does, for buffers of megabytes), a large share of a pass that
@@ -207,8 +207,8 @@ def blocks(
     """
     dim = memory_order(first)[0]
     size = first.shape[dim]
-    step = min(size, max(1, BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
-    for start in range(0, size, step):
+    step = max(1, min(size, BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
+    for start in range(0, max(size, 1), step):  # an empty dimension: one empty block
         length = min(step, size - start)
         yield (
             dim,
