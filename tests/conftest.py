@@ -31,12 +31,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--dtype", default="float32", help="float dtype for dtype-generic tests")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Refuse ``--device cuda`` without CUDA up front, rather than skipping the tests it names."""
+    chosen = torch.device(config.getoption("--device"))
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"--device {chosen}: CUDA is not available on this machine")
+
+
 @pytest.fixture
 def device(request: pytest.FixtureRequest) -> torch.device:
-    chosen = torch.device(request.config.getoption("--device"))
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        pytest.skip("--device cuda given but CUDA is not available")
-    return chosen
+    return torch.device(request.config.getoption("--device"))
 
 
 @pytest.fixture
