@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import batchnorm as bn
 from batchnorm import _reductions
 from batchnorm._kernels import (
     NormalizeApply,
@@ -271,3 +272,60 @@ def test_inference_gradient_for_strides_that_only_look_channels_last():
     dy = torch.arange(4, dtype=torch.float64).reshape(1, 2, 2, 1)
     y.backward(dy)
     torch.testing.assert_close(x.grad, dy)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "channels_last", "dense"])
+@pytest.mark.parametrize("offset", [0.0, 12.0, 100.0, 1e4])
+def test_apply_error_stays_within_the_rounding_of_the_mean(layout, offset):
+    """float32 output against float64 statistics of the same input, in units of roundoff.
+
+    Offsets 0 and 12 (6 standard deviations) take the folded apply, ``x * a + (B - mean * a)``;
+    100 and 1e4 lie beyond ``FOLD_LIMIT`` and take the centred form. Either way the error grows
+    with the offset no faster than the rounding of a float32 mean does (~2 u per standard
+    deviation, measured; the bound allows 8). A one-pass variance or a 16-bit intermediate
+    break it by orders of magnitude.
+    """
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 8, 12, 12, generator=generator) * 2 + offset
+    axis = 1
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "dense":
+        x, axis = x.permute(0, 2, 3, 1).reshape(-1, 8), -1
+    y = bn.functional.batch_norm(
+        x, torch.zeros(8), torch.ones(8), training=True, axis=axis, epsilon=0.0
+    ).output
+    dims = [d for d in range(x.dim()) if d != axis % x.dim()]
+    x64 = x.double()
+    mean, std = x64.mean(dims, keepdim=True), x64.std(dims, correction=0, keepdim=True)
+    error_in_roundoff = ((y.double() - (x64 - mean) / std).abs().max() / 2**-24).item()
+    assert error_in_roundoff <= 8 * (1 + (mean.abs() / std).max().item())
+    assert y.stride() == x.stride()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "channels_last", "dense"])
+def test_constant_channels_give_exactly_beta(layout):
+    """var = 0: the centred form gives ``(x - mean) * a = 0`` exactly, so ``y == beta``.
+
+    Folding here (``|mean| * invstd`` = 5 / sqrt(1e-3), far beyond ``FOLD_LIMIT``) would give
+    ``x * a + (beta - mean * a)``, off by ``|mean| a u`` ~ 1e-5.
+    """
+    x = torch.full((4, 3, 5, 5), 5.0) + torch.tensor([0.0, 1.0, -7.0]).view(1, 3, 1, 1)
+    axis = 1
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "dense":
+        x, axis = x.permute(0, 2, 3, 1).reshape(-1, 3), -1
+    beta = torch.tensor([0.25, -1.5, 3.0])
+    y = bn.functional.batch_norm(
+        x,
+        torch.zeros(3),
+        torch.ones(3),
+        torch.tensor([2.0, 3.0, 0.5]),
+        beta,
+        training=True,
+        axis=axis,
+    ).output
+    assert torch.equal(
+        y, beta.view([3 if d == axis % x.dim() else 1 for d in range(x.dim())]).expand_as(x)
+    )

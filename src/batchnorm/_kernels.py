@@ -2,10 +2,12 @@
 
 The passes are named by role, as PyTorch names its SyncBatchNorm kernels:
 
-1. :func:`stats_pass` (stats): mean, then biased variance of the centred input; no graph.
-2. :class:`NormalizeApply` forward (apply): ``y = (x - mean) * (invstd * A) + B`` in one
-   elementwise pass over the centred input the stats pass leaves behind; ``y = x_hat * A + B``
-   with per-channel ``A`` and ``B``.
+1. :func:`stats_pass` (stats): mean, then biased variance of the centred input, its squares
+   formed a cache-sized block at a time; no graph.
+2. :class:`NormalizeApply` forward (apply): ``y = x_hat * A + B`` with per-channel ``A`` and
+   ``B``, one elementwise pass over ``x``: ``x * a + (B - mean * a)`` with ``a = invstd * A``,
+   ATen's and TensorFlow's folded form, while the mean lies within a few standard deviations
+   of zero (see :func:`_apply` for the rounding).
 3. backward reduce: ``sum(dy)`` and ``sum(dy * (x - mean))`` per channel.
 4. backward apply: ``dx = A * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n)``.
 
@@ -66,23 +68,29 @@ def _center_and_square(
     return torch.mul(deviation, deviation, out=out)
 
 
+def _centered_square(block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
+    deviation = torch.sub(block, mean, out=out)
+    return deviation.mul_(deviation)
+
+
 def stats_pass(
     x: torch.Tensor, axes: Sequence[int], weights: torch.Tensor | None = None
 ) -> tuple[Moments, torch.Tensor | None]:
     """The stats pass: per-channel count, mean and biased variance, two-pass, without a graph.
 
-    Returns the moments and the centred input ``x - mean`` (in the accumulation dtype and
-    ``x``'s memory format), which :class:`NormalizeApply` takes as its workspace: the output is
-    written over it, so the forward allocates one full-size tensor in all. For a 16-bit ``x``
-    the centred input is None: the moments come from ATen's statistics kernel or from blocks
-    upcast one at a time, and the apply reads ``x`` itself. ``weights`` (broadcastable to
-    ``x``) give weighted moments. Matches :func:`batchnorm._moments.compute_moments` (the
-    readable statement) to rounding.
+    The mean is a per-channel sum; the variance sums ``(x - mean) ** 2``, formed a cache-sized
+    block at a time, so no full-size temporary is made: the apply reads ``x`` itself. Only when
+    the kept axes lie apart in memory (ghost batches of channels_last inputs, where ATen's
+    kernels do not apply) is ``x - mean`` written out in full, in ``x``'s memory format, as
+    the workspace that :class:`NormalizeApply` scales in place; it is returned as the second
+    value, None everywhere else. 16-bit inputs take ATen's statistics kernel or blocks upcast
+    one at a time. ``weights`` (broadcastable to ``x``) give weighted moments. Matches
+    :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
 
     Example:
         >>> moments, centered = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
-        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist(), centered.tolist()
-        ([[2.0, 20.0]], [[1.0, 100.0]], [[-1.0, -10.0], [1.0, 10.0]])
+        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist(), centered
+        ([[2.0, 20.0]], [[1.0, 100.0]], None)
     """
     with torch.no_grad():
         acc = accumulation_dtype(x.dtype)
@@ -92,26 +100,25 @@ def stats_pass(
             moments = _native_moments(x, axes, reduce_dims, acc) if weights is None else None
             return moments or _upcast_moments(x, weights, axes, reduce_dims, acc), None
         xs = x.to(acc)
+        count = weight_total(weights, x.shape, reduce_dims).to(acc)
         if weights is None:
-            count = weight_total(None, x.shape, reduce_dims).to(xs)
             mean = channel_sum(xs, axes) / count
-            view = block_view(xs, axes)
-            if view is not None and view.shape[2] > 1:
-                # Rows of x: torch's row norms read x - mean once, with no temporary.
-                centered = xs - mean
-                var = channel_sum_of_squares(centered, axes) / count
-            else:
-                # Channels innermost: write x - mean and sum its squares block by block, while
-                # each block is in cache (a strided norm would be ~20x slower).
-                centered = torch.empty_like(xs)
-                var = blocked_channel_sum(_center_and_square, axes, xs, centered, mean) / count
         else:
             weights = weights.to(acc)
-            count = weight_total(weights, x.shape, reduce_dims)
-            mean = no_nan_divide(_weighted_channel_sum(False, axes, xs, weights), count)
-            centered = xs - mean
-            var = no_nan_divide(_weighted_channel_sum(True, axes, centered, weights), count)
+            mean = no_nan_divide(_weighted_channel_sum(axes, xs, weights), count)
             count = count.expand_as(mean)
+        if weights is not None:
+            var = no_nan_divide(_weighted_channel_sum(axes, xs, weights, mean), count)
+            return Moments(count=count, mean=mean, var=var), None
+        if block_view(xs, axes) is not None:
+            # The apply reads x itself: squares of x - mean are formed a block at a time in
+            # cache, with no full-size centred copy.
+            var = blocked_channel_sum(_centered_square, axes, xs, mean) / count
+            return Moments(count=count, mean=mean, var=var), None
+        # Kept axes apart in memory (ghost batches of channels_last inputs): write x - mean for
+        # the apply to scale in place, summing its squares block by block while each is in cache.
+        centered = torch.empty_like(xs)
+        var = blocked_channel_sum(_center_and_square, axes, xs, centered, mean) / count
     return Moments(count=count, mean=mean, var=var), centered
 
 
@@ -159,14 +166,13 @@ def _upcast_moments(
         others = [t for t in (weights, mean) if t is not None]
         parts = []
         for _, block, sliced in upcast_blocks(x, acc, others):
-            square = mean is not None
-            values = block.sub_(sliced[-1]) if square else block
+            block_mean = None if mean is None else sliced[-1]
             if weights is not None:
-                parts.append(_weighted_channel_sum(square, axes, values, sliced[0]))
-            elif square:
-                parts.append(channel_sum_of_squares(values, axes))
+                parts.append(_weighted_channel_sum(axes, block, sliced[0], block_mean))
+            elif block_mean is not None:
+                parts.append(channel_sum_of_squares(block.sub_(block_mean), axes))
             else:
-                parts.append(channel_sum(values, axes))
+                parts.append(channel_sum(block, axes))
         return combine_blocks(parts, memory_order(x)[0], axes)
 
     mean = no_nan_divide(block_sums(None), count)
@@ -174,16 +180,16 @@ def _upcast_moments(
     return Moments(count=count if weights is None else count.expand_as(mean), mean=mean, var=var)
 
 
-def _weighted_square(
-    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
+def _weighted_deviation_square(
+    values: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
 ) -> torch.Tensor:
-    return weighted(torch.mul(values, values, out=out), weights)
+    return _centered_square(values, mean, out=out).mul_(weights)
 
 
-def _plain_weighted_square(
-    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
+def _safe_weighted_deviation_square(
+    values: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
 ) -> torch.Tensor:
-    return torch.mul(values, values, out=out).mul_(weights)
+    return weighted(_centered_square(values, mean, out=out), weights)
 
 
 def _safe_weighted(
@@ -193,41 +199,52 @@ def _safe_weighted(
 
 
 def _weighted_channel_sum(
-    square: bool, axes: Sequence[int], values: torch.Tensor, weights: torch.Tensor
+    axes: Sequence[int],
+    values: torch.Tensor,
+    weights: torch.Tensor,
+    mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per-channel sum of ``weights * values`` (or ``* values ** 2``), zero-weight-safe.
+    """Per-channel sum of ``weights * values``, or of ``weights * (values - mean) ** 2``.
 
-    Plain products first; only if the sum is not finite (a NaN or inf somewhere) is it redone
-    with :func:`batchnorm._moments.weighted`, which makes zero-weight positions contribute
-    exactly 0, so masked-out garbage never reaches the statistics either way.
+    The deviations are formed a block at a time in cache, never as a full-size tensor. Plain
+    products first; only if the sum is not finite (a NaN or inf somewhere) is it redone with
+    :func:`batchnorm._moments.weighted`, which makes zero-weight positions contribute exactly
+    0, so masked-out garbage never reaches the statistics either way.
     """
-    rows = _weighted_rows(square, axes, values, weights)
+    rows = _weighted_rows(axes, values, weights, mean)
     if rows is not None:
         return rows
-    plain = _plain_weighted_square if square else torch.mul
-    total = blocked_channel_sum(plain, axes, values, weights)
+    operands = (values, weights) if mean is None else (values, weights, mean)
+    plain = torch.mul if mean is None else _weighted_deviation_square
+    total = blocked_channel_sum(plain, axes, *operands)
     if bool(torch.isfinite(total).all()):
         return total
-    safe = _weighted_square if square else _safe_weighted
-    return blocked_channel_sum(safe, axes, values, weights)
+    safe = _safe_weighted if mean is None else _safe_weighted_deviation_square
+    return blocked_channel_sum(safe, axes, *operands)
 
 
 def _weighted_rows(
-    square: bool, axes: Sequence[int], values: torch.Tensor, weights: torch.Tensor
+    axes: Sequence[int],
+    values: torch.Tensor,
+    weights: torch.Tensor,
+    mean: torch.Tensor | None,
 ) -> torch.Tensor | None:
     """The weighted channel sum with the dimensions where the weights are constant summed first.
 
     Per-example weights (``batch_weights``, or a mask constant over some dimensions) share one
-    weight across whole rows of the input: sum those rows (or their squares) with the
-    unweighted kernels, then weight the much smaller table. None when the weights vary along
-    every reduced dimension.
+    weight across whole rows of the input: sum those rows (or their squared deviations) with
+    the unweighted kernels, then weight the much smaller table. None when the weights vary
+    along every reduced dimension.
     """
     reduce_dims = [d for d in range(values.dim()) if d not in axes]
     varying = [d for d in reduce_dims if weights.shape[d] != 1]
     if weights.dim() != values.dim() or len(varying) == len(reduce_dims):
         return None
     kept = sorted([*axes, *varying])
-    rows = channel_sum_of_squares(values, kept) if square else channel_sum(values, kept)
+    if mean is None:
+        rows = channel_sum(values, kept)
+    else:
+        rows = blocked_channel_sum(_centered_square, kept, values, mean)
     return channel_sum(weighted(rows, weights), axes)
 
 
@@ -235,14 +252,13 @@ class NormalizeApply(torch.autograd.Function):
     r"""``y = (x - mean) * invstd * scale + shift`` with the (weighted) batch-norm gradient.
 
     ``mean`` and ``invstd`` must be the batch moments of ``x`` over all dimensions but ``axes``,
-    weighted by ``weights`` if given, and ``centered`` must be ``x - mean`` (all from
+    weighted by ``weights`` if given, and ``centered`` None or ``x - mean`` (all from
     :func:`stats_pass`): the backward differentiates through the moments as functions of ``x``,
     which is what makes this batch norm rather than a fixed affine map. ``scale`` and ``shift``
     broadcast against ``x`` (per channel, or any broadcastable shape, e.g. a per-element
     ``adjustment``) and receive ``sum(dy * x_hat)`` and ``sum(dy)`` reduced to their shapes.
-    ``weights`` are constants (no gradient). The output is written over ``centered`` (it is
-    marked dirty and returned); when ``centered`` is None (16-bit ``x``), the output is
-    computed from ``x`` directly (:func:`_apply_from_input`).
+    ``weights`` are constants (no gradient). The output is read from ``x`` (:func:`_apply`),
+    or, when ``centered`` is given, written over it (marked dirty and returned).
 
     .. math::
 
@@ -252,8 +268,9 @@ class NormalizeApply(torch.autograd.Function):
     with ``w / W = 1 / n`` unweighted.
 
     Numerics:
-        The centred form has no cancellation: TensorFlow's ``x * a + (beta - mean * a)`` loses
-        ``|x| * eps`` when the mean is large against the spread, this form does not.
+        The variance is two-pass (no cancellation at any offset); the apply folds the mean
+        into the shift as TensorFlow does only while that adds at most a few units of
+        roundoff, and is centred beyond (:func:`_apply`).
 
     Not twice differentiable (``once_differentiable``); the reference path is.
 
@@ -279,15 +296,15 @@ class NormalizeApply(torch.autograd.Function):
         shift: torch.Tensor,
         axes: tuple[int, ...],
     ) -> torch.Tensor:
-        """The apply pass: one multiply-add over the centred input (or over ``x``)."""
+        """The apply pass: one multiply-add over ``x`` (or over the centred input)."""
         ctx.save_for_backward(x, weights, mean, invstd, scale)
         ctx.axes = axes
         ctx.shapes = (scale.shape, shift.shape)
         ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6])
         x_scale = invstd * scale
         if centered is None:
-            return _apply_from_input(x, mean, x_scale, shift, axes)
-        if torch.broadcast_shapes(centered.shape, x_scale.shape, shift.shape) == x.shape:
+            return _apply(x, mean, invstd, x_scale, shift, axes)
+        if _broadcasts_to(x.shape, x_scale.shape, shift.shape):
             ctx.mark_dirty(centered)
             return _scale_and_shift_(centered, x_scale, shift)
         return torch.addcmul(shift, centered, x_scale)  # broadcast beyond x's shape
@@ -331,24 +348,42 @@ class NormalizeApply(torch.autograd.Function):
         )
 
 
-def _apply_from_input(
+# Largest |mean| * invstd for which a float32 or float64 apply folds the mean into the shift.
+FOLD_LIMIT = 8.0
+
+
+def _apply(
     x: torch.Tensor,
     mean: torch.Tensor,
+    invstd: torch.Tensor,
     x_scale: torch.Tensor,
     shift: torch.Tensor,
     axes: tuple[int, ...],
 ) -> torch.Tensor:
-    r"""``y = (x - mean) \cdot x\_scale + shift`` read straight from a 16-bit ``x``.
+    r"""The apply pass read straight from ``x``: ``y = (x - mean) \cdot x\_scale + shift``.
 
-    ATen's inference kernel does it in one pass, 16-bit in and out with float32 arithmetic,
-    where ``x_scale`` and ``shift`` are per kept index and ``x`` has a block view (it is given
-    ``running_var = 1, eps = 0``, so its own ``invstd`` is exactly 1). It folds the mean into
-    the shift, ``x \cdot a + (shift - mean \cdot a)``, whose float32 cancellation error
-    ``|x| a 2^{-24}`` is below the output's 16-bit rounding unless ``|mean| / std > 2^{15}``,
-    a spread the 16-bit input itself cannot resolve. Elsewhere: float32 torch ops on blocks
-    upcast one at a time (:func:`upcast_blocks`).
+    Where ``x_scale`` and ``shift`` are per kept index and ``x`` has a block view, one pass in
+    the folded form ``x \cdot a + (shift - mean \cdot a)``, as ATen and TensorFlow compute it:
+    ``addcmul`` when the channels are innermost, else ATen's inference kernel (given
+    ``running_var = 1, eps = 0``, so its own ``invstd`` is exactly 1; 16-bit in and out with
+    float32 arithmetic). Elsewhere the centred form, ``x - mean`` scaled in place (16-bit:
+    a block upcast at a time, :func:`upcast_blocks`).
+
+    Numerics: folding adds a rounding error of at most ``3 |mean| a u`` (``u`` the unit
+    roundoff of the arithmetic), ``3 u`` per standard deviation the mean lies from zero in
+    units of the output's ``a \sigma``. float32 and float64 inputs fold only while
+    ``|mean| \cdot invstd \le`` ``FOLD_LIMIT`` (at most ``24 u`` more, 1.4e-6 in float32;
+    checking costs one synchronisation), and take the centred form beyond: two passes more,
+    and constant channels (``var = 0``) still give exactly ``shift``, as the reference path
+    does. 16-bit inputs always fold: the error stays below their output's own rounding unless
+    ``|mean| / \sigma > 2^{15}``, a spread the 16-bit input cannot resolve.
     """
-    if _per_kept_index(x_scale.shape, mean) and _per_kept_index(shift.shape, mean):
+    per_kept = _per_kept_index(x_scale.shape, mean) and _per_kept_index(shift.shape, mean)
+    sixteen_bit = x.dtype != mean.dtype
+    view = block_view(x, axes) if per_kept else None
+    if view is not None and (sixteen_bit or _folds_within_limit(mean, invstd)):
+        if not sixteen_bit and view.shape[2] == 1:  # channels innermost: addcmul vectorises
+            return torch.addcmul(shift - mean * x_scale, x, x_scale, out=torch.empty_like(x))
         y = native_inference(
             x,
             axes,
@@ -360,7 +395,11 @@ def _apply_from_input(
         )
         if y is not None:
             return y
-    if torch.broadcast_shapes(x.shape, mean.shape, x_scale.shape, shift.shape) != x.shape:
+    if not sixteen_bit:
+        if _broadcasts_to(x.shape, x_scale.shape, shift.shape):
+            return _scale_and_shift_(x - mean, x_scale, shift)
+        return torch.addcmul(shift, x - mean, x_scale)
+    if not _broadcasts_to(x.shape, mean.shape, x_scale.shape, shift.shape):
         return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
     y = torch.empty_like(x)
     for _, block, (out, block_mean, block_scale, block_shift) in upcast_blocks(
@@ -368,6 +407,27 @@ def _apply_from_input(
     ):
         out.copy_(_scale_and_shift_(block.sub_(block_mean), block_scale, block_shift))
     return y
+
+
+def _folds_within_limit(mean: torch.Tensor, invstd: torch.Tensor) -> bool:
+    """Whether ``|mean| * invstd <= FOLD_LIMIT`` for every channel (False for NaN)."""
+    return bool((mean.abs() * invstd <= FOLD_LIMIT).all())
+
+
+def _broadcasts_to(target: torch.Size, *shapes: torch.Size) -> bool:
+    """Whether every shape broadcasts to ``target`` without enlarging it.
+
+    Example:
+        >>> _broadcasts_to(torch.Size([2, 3]), torch.Size([3]), torch.Size([2, 1]))
+        True
+    """
+    for shape in shapes:
+        if len(shape) > len(target):
+            return False
+        tail = target[len(target) - len(shape) :]
+        if any(size not in (1, full) for size, full in zip(shape, tail, strict=True)):
+            return False
+    return True
 
 
 def _scale_and_shift_(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
