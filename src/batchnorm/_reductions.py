@@ -36,7 +36,8 @@ __all__ = [
 
 def memory_order(t: torch.Tensor) -> list[int]:
     """Dimensions of ``t`` from outermost to innermost in memory (ties keep logical order)."""
-    return sorted(range(t.dim()), key=lambda d: t.stride(d), reverse=True)
+    strides = t.stride()
+    return sorted(range(t.dim()), key=strides.__getitem__, reverse=True)
 
 
 def block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
