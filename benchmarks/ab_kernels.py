@@ -1,9 +1,9 @@
-"""A/B of the fast path's kernels: ``_kernels.py`` at a git revision against the working tree.
+"""A/B of the fast path: ``_kernels.py`` and ``functional.py`` at a git revision against the tree.
 
 Both versions run in one process, interleaved round by round with the native kernel, so the
 ratios are free of the run-to-run drift of a noisy machine (which separate runs of ``bench``
-are not). Only ``batchnorm/_kernels.py`` is swapped; the rest of the package is the working
-tree's. Run from the repository root::
+are not). Only ``batchnorm/_kernels.py`` and ``batchnorm/functional.py`` (which calls it) are
+swapped; the rest of the package is the working tree's. Run from the repository root::
 
     .venv/bin/python benchmarks/ab_kernels.py --rev HEAD~3
     .venv/bin/python benchmarks/ab_kernels.py --rev main --options plain,virtual --rounds 25
@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,7 +26,6 @@ import torch
 from torch.nn import functional
 
 import batchnorm.functional as bnf
-from batchnorm import _kernels
 from batchnorm.cli._allocator import keep_freed_memory
 
 CASES = {
@@ -35,27 +35,37 @@ CASES = {
 }
 
 
-def kernels_at(rev: str) -> ModuleType:
-    """``batchnorm/_kernels.py`` as it was at ``rev``, imported as a separate module."""
-    source = subprocess.run(
-        ["git", "show", f"{rev}:src/batchnorm/_kernels.py"],
-        check=True,
-        capture_output=True,
-        text=True,
+def _source_at(rev: str, path: str) -> str:
+    return subprocess.run(
+        ["git", "show", f"{rev}:{path}"], check=True, capture_output=True, text=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "kernels_at_rev.py"
+
+
+def _import_source(name: str, source: str) -> ModuleType:
+    path = Path(tempfile.mkdtemp()) / f"{name}.py"
     path.write_text(source)
-    spec = importlib.util.spec_from_file_location("kernels_at_rev", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
+def functional_at(rev: str) -> ModuleType:
+    """``batchnorm/functional.py`` as it was at ``rev``, calling ``_kernels.py`` as it was."""
+    kernels = _import_source("kernels_at_rev", _source_at(rev, "src/batchnorm/_kernels.py"))
+    current = sys.modules["batchnorm._kernels"]
+    sys.modules["batchnorm._kernels"] = kernels  # what the old functional.py imports
+    try:
+        return _import_source("functional_at_rev", _source_at(rev, "src/batchnorm/functional.py"))
+    finally:
+        sys.modules["batchnorm._kernels"] = current
+
+
 def training_step(
-    kernels: ModuleType, x: torch.Tensor, dy: torch.Tensor, option: str
+    functional_module: ModuleType, x: torch.Tensor, dy: torch.Tensor, option: str
 ) -> Callable[[], None]:
-    """One forward+backward of ``batchnorm.functional.batch_norm`` on ``kernels``."""
+    """One forward+backward of ``batch_norm`` from ``functional_module``."""
     channels = x.shape[1]
     gamma = torch.ones(channels, requires_grad=True)
     beta = torch.zeros(channels, requires_grad=True)
@@ -68,9 +78,10 @@ def training_step(
     }[option]
 
     def step() -> None:
-        bnf.stats_pass, bnf.NormalizeApply = kernels.stats_pass, kernels.NormalizeApply
         x.grad = None
-        result = bnf.batch_norm(x, *stats, gamma, beta, axis=1, training=True, **extra)
+        result = functional_module.batch_norm(
+            x, *stats, gamma, beta, axis=1, training=True, **extra
+        )
         result.output.backward(dy)
 
     return step
@@ -90,7 +101,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     print("system allocator" if args.system_allocator else keep_freed_memory())
-    before = kernels_at(args.rev)
+    before = functional_at(args.rev)
     for name, (shape, memory_format) in CASES.items():
         x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
         dy = torch.randn_like(x)
@@ -103,7 +114,7 @@ def main() -> None:
         steps = {"native": native}
         for option in args.options.split(","):
             steps[f"{args.rev} {option}"] = training_step(before, x, dy, option)
-            steps[f"working tree {option}"] = training_step(_kernels, x, dy, option)
+            steps[f"working tree {option}"] = training_step(bnf, x, dy, option)
         times: dict[str, list[float]] = {label: [] for label in steps}
         for _ in range(args.rounds):
             for label, step in steps.items():
@@ -115,7 +126,6 @@ def main() -> None:
         for label, samples in times.items():
             median = statistics.median(samples)
             print(f"  {label:28s} {median * 1e3:8.2f} ms  {median / base:5.2f}x native")
-    bnf.stats_pass, bnf.NormalizeApply = _kernels.stats_pass, _kernels.NormalizeApply
 
 
 if __name__ == "__main__":

@@ -76,11 +76,11 @@ def test_weighted_moments_and_backward_match_float64(shape, memory_format, weigh
 
     xg = x.clone().requires_grad_()
     s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
-    moments, centered = stats_pass(xg, axes, weights)
+    moments = stats_pass(xg, axes, weights)
     torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=1e-5, atol=1e-5)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, centered, weights, moments.mean, invstd, s, b, axes)
+    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes)
     y.backward(dy)
     torch.testing.assert_close(y.double(), y64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(xg.grad.double(), x64.grad, rtol=1e-4, atol=1e-5)
@@ -99,7 +99,7 @@ def test_zero_weight_garbage_never_reaches_weighted_moments():
         x = torch.randn(4, 2, 3, 3).contiguous(memory_format=memory_format)
         x[0, 0, 0, 0], x[0, 1, 2, 2] = float("nan"), float("inf")
         weights = torch.tensor([0.0, 1.0, 2.0, 1.0]).view(4, 1, 1, 1)
-        moments, _ = stats_pass(x, (1,), weights)
+        moments = stats_pass(x, (1,), weights)
         want = _weighted_oracle(x[1:], weights[1:], (1,), torch.ones(1, 2, 1, 1), torch.zeros(1))
         torch.testing.assert_close(moments.mean.double(), want[1].detach(), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(moments.var.double(), want[2].detach(), rtol=1e-5, atol=1e-6)
@@ -142,13 +142,12 @@ def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypat
     """Kept axes (0, 2) of a contiguous (8, 5, 3): the mean is sliced with each block of x."""
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 16)  # one example per block
     x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(4)) * 2 + 3
-    moments, centered = stats_pass(x, (0, 2))
+    moments = stats_pass(x, (0, 2))
     x64 = x.double()
     mean = x64.mean(dim=1, keepdim=True)
     torch.testing.assert_close(moments.mean.double(), mean, rtol=1e-6, atol=1e-6)
     want_var = x64.var(dim=1, unbiased=False, keepdim=True)
     torch.testing.assert_close(moments.var.double(), want_var, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(centered.double(), x64 - mean, rtol=1e-5, atol=1e-6)
 
 
 # Layouts of a 16-bit batch: with a block view, ATen's statistics kernel and inference kernel;
@@ -182,12 +181,12 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(layout, dtype16,
 
     xg = x.detach().requires_grad_()
     s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
-    moments, centered = stats_pass(xg, axes)
-    assert centered is None and moments.mean.dtype == torch.float32
+    moments = stats_pass(xg, axes)
+    assert moments.mean.dtype == torch.float32
     torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=2e-4, atol=1e-5)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, centered, None, moments.mean, invstd, s, b, axes)
+    y = NormalizeApply.apply(xg, None, moments.mean, invstd, s, b, axes)
     assert y.dtype == dtype16 and y.stride() == x.stride()
     y.backward(dy)
     tolerance = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype16]
@@ -229,8 +228,8 @@ def test_sixteen_bit_weighted_moments_and_backward_match_float64(
     dy = torch.randn(x.shape, generator=generator).to(dtype16)
     y64.backward(dy.double())
 
-    moments, centered = stats_pass(x, axes, weights)
-    assert centered is None and moments.mean.dtype == torch.float32
+    moments = stats_pass(x, axes, weights)
+    assert moments.mean.dtype == torch.float32
     torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=1e-4, atol=1e-5)
     # Output and gradients of the clean input (the NaN would reach its whole channel's
@@ -238,7 +237,7 @@ def test_sixteen_bit_weighted_moments_and_backward_match_float64(
     xg = clean.requires_grad_()
     s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, None, weights, moments.mean, invstd, s, b, axes)
+    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes)
     y.backward(dy)
     assert y.dtype == dtype16 and xg.grad.dtype == dtype16
     tolerance = {torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype16]
@@ -252,9 +251,9 @@ def test_sixteen_bit_output_with_a_per_element_shift_matches_float64():
     x = (torch.randn(6, 4, 5, 7, generator=generator) + 3).to(torch.bfloat16)
     shift = torch.randn(6, 4, 5, 7, generator=generator)
     scale = torch.rand(1, 4, 1, 1, generator=generator) + 0.5
-    moments, centered = stats_pass(x, (1,))
+    moments = stats_pass(x, (1,))
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(x, centered, None, moments.mean, invstd, scale, shift, (1,))
+    y = NormalizeApply.apply(x, None, moments.mean, invstd, scale, shift, (1,))
     x64 = x.double()
     mean = x64.mean(dim=(0, 2, 3), keepdim=True)
     var = x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)

@@ -61,13 +61,6 @@ __all__ = [
 ]
 
 
-def _center_and_square(
-    block: torch.Tensor, centered_block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
-) -> torch.Tensor:
-    deviation = torch.sub(block, mean, out=centered_block)
-    return torch.mul(deviation, deviation, out=out)
-
-
 def _centered_square(block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
     deviation = torch.sub(block, mean, out=out)
     return deviation.mul_(deviation)
@@ -75,22 +68,19 @@ def _centered_square(block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tens
 
 def stats_pass(
     x: torch.Tensor, axes: Sequence[int], weights: torch.Tensor | None = None
-) -> tuple[Moments, torch.Tensor | None]:
+) -> Moments:
     """The stats pass: per-channel count, mean and biased variance, two-pass, without a graph.
 
     The mean is a per-channel sum; the variance sums ``(x - mean) ** 2``, formed a cache-sized
-    block at a time, so no full-size temporary is made: the apply reads ``x`` itself. Only when
-    the kept axes lie apart in memory (ghost batches of channels_last inputs, where ATen's
-    kernels do not apply) is ``x - mean`` written out in full, in ``x``'s memory format, as
-    the workspace that :class:`NormalizeApply` scales in place; it is returned as the second
-    value, None everywhere else. 16-bit inputs take ATen's statistics kernel or blocks upcast
-    one at a time. ``weights`` (broadcastable to ``x``) give weighted moments. Matches
-    :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
+    block at a time, so no full-size temporary is made. 16-bit inputs take ATen's statistics
+    kernel or blocks upcast one at a time. ``weights`` (broadcastable to ``x``) give weighted
+    moments. Matches :func:`batchnorm._moments.compute_moments` (the readable statement) to
+    rounding.
 
     Example:
-        >>> moments, centered = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
-        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist(), centered
-        ([[2.0, 20.0]], [[1.0, 100.0]], None)
+        >>> moments = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
+        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist()
+        ([[2.0, 20.0]], [[1.0, 100.0]])
     """
     with torch.no_grad():
         acc = accumulation_dtype(x.dtype)
@@ -98,28 +88,18 @@ def stats_pass(
         if x.dtype != acc:
             weights = None if weights is None else weights.to(acc)
             moments = _native_moments(x, axes, reduce_dims, acc) if weights is None else None
-            return moments or _upcast_moments(x, weights, axes, reduce_dims, acc), None
+            return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
         xs = x.to(acc)
         count = weight_total(weights, x.shape, reduce_dims).to(acc)
         if weights is None:
             mean = channel_sum(xs, axes) / count
+            var = blocked_channel_sum(_centered_square, axes, xs, mean) / count
         else:
             weights = weights.to(acc)
             mean = no_nan_divide(_weighted_channel_sum(axes, xs, weights), count)
-            count = count.expand_as(mean)
-        if weights is not None:
             var = no_nan_divide(_weighted_channel_sum(axes, xs, weights, mean), count)
-            return Moments(count=count, mean=mean, var=var), None
-        if block_view(xs, axes) is not None:
-            # The apply reads x itself: squares of x - mean are formed a block at a time in
-            # cache, with no full-size centred copy.
-            var = blocked_channel_sum(_centered_square, axes, xs, mean) / count
-            return Moments(count=count, mean=mean, var=var), None
-        # Kept axes apart in memory (ghost batches of channels_last inputs): write x - mean for
-        # the apply to scale in place, summing its squares block by block while each is in cache.
-        centered = torch.empty_like(xs)
-        var = blocked_channel_sum(_center_and_square, axes, xs, centered, mean) / count
-    return Moments(count=count, mean=mean, var=var), centered
+            count = count.expand_as(mean)
+    return Moments(count=count, mean=mean, var=var)
 
 
 def _native_moments(
@@ -252,13 +232,13 @@ class NormalizeApply(torch.autograd.Function):
     r"""``y = (x - mean) * invstd * scale + shift`` with the (weighted) batch-norm gradient.
 
     ``mean`` and ``invstd`` must be the batch moments of ``x`` over all dimensions but ``axes``,
-    weighted by ``weights`` if given, and ``centered`` None or ``x - mean`` (all from
-    :func:`stats_pass`): the backward differentiates through the moments as functions of ``x``,
-    which is what makes this batch norm rather than a fixed affine map. ``scale`` and ``shift``
+    weighted by ``weights`` if given (from :func:`stats_pass`): the backward differentiates
+    through the moments as functions of ``x``, which is what makes this batch norm rather than
+    a fixed affine map. ``scale`` and ``shift``
     broadcast against ``x`` (per channel, or any broadcastable shape, e.g. a per-element
     ``adjustment``) and receive ``sum(dy * x_hat)`` and ``sum(dy)`` reduced to their shapes.
-    ``weights`` are constants (no gradient). The output is read from ``x`` (:func:`_apply`),
-    or, when ``centered`` is given, written over it (marked dirty and returned).
+    ``weights`` are constants (no gradient). The output is one pass over ``x``
+    (:func:`_apply`).
 
     .. math::
 
@@ -276,10 +256,10 @@ class NormalizeApply(torch.autograd.Function):
 
     Example:
         >>> x = torch.tensor([[1.0], [3.0]], requires_grad=True)
-        >>> moments, centered = stats_pass(x, [1])
+        >>> moments = stats_pass(x, [1])
         >>> one, zero = torch.ones(1, 1), torch.zeros(1, 1)
         >>> invstd = torch.rsqrt(moments.var)
-        >>> y = NormalizeApply.apply(x, centered, None, moments.mean, invstd, one, zero, (1,))
+        >>> y = NormalizeApply.apply(x, None, moments.mean, invstd, one, zero, (1,))
         >>> y.flatten().round(decimals=4).tolist()
         [-1.0, 1.0]
     """
@@ -288,7 +268,6 @@ class NormalizeApply(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
-        centered: torch.Tensor | None,
         weights: torch.Tensor | None,
         mean: torch.Tensor,
         invstd: torch.Tensor,
@@ -296,18 +275,12 @@ class NormalizeApply(torch.autograd.Function):
         shift: torch.Tensor,
         axes: tuple[int, ...],
     ) -> torch.Tensor:
-        """The apply pass: one multiply-add over ``x`` (or over the centred input)."""
+        """The apply pass: one multiply-add over ``x``."""
         ctx.save_for_backward(x, weights, mean, invstd, scale)
         ctx.axes = axes
         ctx.shapes = (scale.shape, shift.shape)
-        ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[5], ctx.needs_input_grad[6])
-        x_scale = invstd * scale
-        if centered is None:
-            return _apply(x, mean, invstd, x_scale, shift, axes)
-        if _broadcasts_to(x.shape, x_scale.shape, shift.shape):
-            ctx.mark_dirty(centered)
-            return _scale_and_shift_(centered, x_scale, shift)
-        return torch.addcmul(shift, centered, x_scale)  # broadcast beyond x's shape
+        ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
+        return _apply(x, mean, invstd, invstd * scale, shift, axes)
 
     @staticmethod
     @once_differentiable
@@ -341,7 +314,6 @@ class NormalizeApply(torch.autograd.Function):
             None,
             None,
             None,
-            None,
             dscale if need_scale else None,
             dshift if need_shift else None,
             None,
@@ -362,12 +334,12 @@ def _apply(
 ) -> torch.Tensor:
     r"""The apply pass read straight from ``x``: ``y = (x - mean) \cdot x\_scale + shift``.
 
-    Where ``x_scale`` and ``shift`` are per kept index and ``x`` has a block view, one pass in
-    the folded form ``x \cdot a + (shift - mean \cdot a)``, as ATen and TensorFlow compute it:
-    ``addcmul`` when the channels are innermost, else ATen's inference kernel (given
-    ``running_var = 1, eps = 0``, so its own ``invstd`` is exactly 1; 16-bit in and out with
-    float32 arithmetic). Elsewhere the centred form, ``x - mean`` scaled in place (16-bit:
-    a block upcast at a time, :func:`upcast_blocks`).
+    Where ``x_scale`` and ``shift`` are per kept index, one pass in the folded form
+    ``x \cdot a + (shift - mean \cdot a)``, as ATen and TensorFlow compute it: ATen's inference
+    kernel for 16-bit inputs and NCHW rows (given ``running_var = 1, eps = 0``, so its own
+    ``invstd`` is exactly 1; 16-bit in and out with float32 arithmetic), one ``addcmul``
+    elsewhere. Otherwise the centred form, ``x - mean`` scaled in place (16-bit: a block upcast
+    at a time, :func:`upcast_blocks`).
 
     Numerics: folding adds a rounding error of at most ``3 |mean| a u`` (``u`` the unit
     roundoff of the arithmetic), ``3 u`` per standard deviation the mean lies from zero in
@@ -380,24 +352,26 @@ def _apply(
     """
     per_kept = _per_kept_index(x_scale.shape, mean) and _per_kept_index(shift.shape, mean)
     sixteen_bit = x.dtype != mean.dtype
-    view = block_view(x, axes) if per_kept else None
-    if view is not None and (sixteen_bit or _folds_within_limit(mean, invstd)):
-        if not sixteen_bit and view.shape[2] == 1:  # channels innermost: addcmul vectorises
-            return torch.addcmul(shift - mean * x_scale, x, x_scale, out=torch.empty_like(x))
-        y = native_inference(
-            x,
-            axes,
-            mean,
-            torch.ones_like(mean),
-            x_scale.expand(mean.shape),
-            shift.expand(mean.shape),
-            0.0,
-        )
-        if y is not None:
-            return y
+    if per_kept and (sixteen_bit or _folds_within_limit(mean, invstd)):
+        view = block_view(x, axes)
+        if view is not None and (sixteen_bit or view.shape[2] > 1):
+            y = native_inference(
+                x,
+                axes,
+                mean,
+                torch.ones_like(mean),
+                x_scale.expand(mean.shape),
+                shift.expand(mean.shape),
+                0.0,
+            )
+            if y is not None:
+                return y
+        if not sixteen_bit:
+            return _scale_and_shift(x, x_scale, shift - mean * x_scale, out=torch.empty_like(x))
     if not sixteen_bit:
         if _broadcasts_to(x.shape, x_scale.shape, shift.shape):
-            return _scale_and_shift_(x - mean, x_scale, shift)
+            centered = x - mean
+            return _scale_and_shift(centered, x_scale, shift, out=centered)
         return torch.addcmul(shift, x - mean, x_scale)
     if not _broadcasts_to(x.shape, mean.shape, x_scale.shape, shift.shape):
         return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
@@ -405,7 +379,8 @@ def _apply(
     for _, block, (out, block_mean, block_scale, block_shift) in upcast_blocks(
         x, mean.dtype, (y, mean, x_scale, shift)
     ):
-        out.copy_(_scale_and_shift_(block.sub_(block_mean), block_scale, block_shift))
+        block.sub_(block_mean)
+        out.copy_(_scale_and_shift(block, block_scale, block_shift, out=block))
     return y
 
 
@@ -430,16 +405,19 @@ def _broadcasts_to(target: torch.Size, *shapes: torch.Size) -> bool:
     return True
 
 
-def _scale_and_shift_(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``t * scale + shift`` written over ``t`` (which must have the broadcast shape).
+def _scale_and_shift(
+    t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    """``t * scale + shift`` into ``out`` (which has the broadcast shape; it may be ``t``).
 
-    One ``addcmul`` where it vectorises; two in-place ops where ``scale`` and ``shift`` are
-    both constant along ``t``'s innermost dimension in memory (per-channel factors of NCHW
-    rows): torch's ``addcmul`` then falls back to a scalar loop, 4x slower. The rounding is
-    the same, a product then a sum.
+    One ``addcmul`` where it vectorises; a multiply and an in-place add where ``scale`` and
+    ``shift`` are both constant along ``t``'s innermost dimension in memory (per-channel
+    factors of NCHW rows): torch's ``addcmul`` then falls back to a scalar loop, 4x slower.
+    The rounding is the same, a product then a sum.
 
     Example:
-        >>> _scale_and_shift_(torch.ones(2, 3), torch.tensor([[2.0], [3.0]]), torch.ones(2, 1))
+        >>> t = torch.ones(2, 3)
+        >>> _scale_and_shift(t, torch.tensor([[2.0], [3.0]]), torch.ones(2, 1), out=t)
         tensor([[3., 3., 3.],
                 [4., 4., 4.]])
     """
@@ -449,8 +427,8 @@ def _scale_and_shift_(t: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor)
         return inner >= p.dim() or p.shape[p.dim() - 1 - inner] == 1
 
     if t.dim() and constant_along_inner(scale) and constant_along_inner(shift):
-        return t.mul_(scale).add_(shift)
-    return torch.addcmul(shift, t, scale, out=t)
+        return torch.mul(t, scale, out=out).add_(shift)
+    return torch.addcmul(shift, t, scale, out=out)
 
 
 def _per_kept_index(shape: torch.Size, mean: torch.Tensor) -> bool:
@@ -550,11 +528,11 @@ def _native_weighted_backward(
         ):
             m, c0, c1, k = factors
             dy_up = scratch_space.like(dy_block, acc, "upcast dy").copy_(dy_block)
-            _scale_and_shift_(block.sub_(m), c1, c0).mul_(w).addcmul_(dy_up, k)
+            _scale_and_shift(block.sub_(m), c1, c0, out=block).mul_(w).addcmul_(dy_up, k)
             out.copy_(block)
         return dx, sum_dy_x_hat, sum_dy
     dx = x.to(acc) - mean
-    _scale_and_shift_(dx, minus_c1, minus_c0).mul_(weights).addcmul_(dy.to(acc), dy_scale)
+    _scale_and_shift(dx, minus_c1, minus_c0, out=dx).mul_(weights).addcmul_(dy.to(acc), dy_scale)
     return dx.to(x.dtype), sum_dy_x_hat, sum_dy
 
 
@@ -598,9 +576,10 @@ def _composite_backward(
     # dx = invstd * (g - w / W * (sum_g + x_hat * sum_g_x_hat)), written over ``centered``.
     factor = no_nan_divide(-invstd, total)
     if weights is None:  # the factor folds into the per-channel coefficients: one pass fewer
-        dx = _scale_and_shift_(centered, invstd * invstd * sum_g_centered * factor, sum_g * factor)
+        coefficients = (invstd * invstd * sum_g_centered * factor, sum_g * factor)
+        dx = _scale_and_shift(centered, *coefficients, out=centered)
     else:
-        dx = _scale_and_shift_(centered, invstd * invstd * sum_g_centered, sum_g)
+        dx = _scale_and_shift(centered, invstd * invstd * sum_g_centered, sum_g, out=centered)
         dx.mul_(weights.to(acc))  # separately: w times a per-channel factor could be full-size
         dx.mul_(factor)
     dx.addcmul_(dy, scale * invstd)

@@ -468,10 +468,7 @@ def batch_norm(
         return BatchNormResult(y.reshape(x.shape), {})
 
     reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
-    if fast:
-        moments, centered = stats_pass(xv, view.axes, wv)
-    else:
-        moments = compute_moments(xv, reduce_dims, wv)
+    moments = stats_pass(xv, view.axes, wv) if fast else compute_moments(xv, reduce_dims, wv)
     pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
     detached = Moments(*(t.detach() for t in pooled))
     renorm_state = None
@@ -486,9 +483,7 @@ def batch_norm(
     )
     inv = invstd(moments.var, epsilon)
     if fast:
-        y = NormalizeApply.apply(
-            xv, centered, wv, moments.mean, inv, output.scale, output.shift, view.axes
-        )
+        y = NormalizeApply.apply(xv, wv, moments.mean, inv, output.scale, output.shift, view.axes)
     else:
         y = reference_normalize_apply(xv, moments, inv, output)
     y = y.reshape(x.shape)
