@@ -328,3 +328,47 @@ def test_constant_channels_give_exactly_beta(layout):
     assert torch.equal(
         y, beta.view([3 if d == axis % x.dim() else 1 for d in range(x.dim())]).expand_as(x)
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weight_kind", ["none", "per example", "mask"])
+@pytest.mark.parametrize("need_x", [True, False])
+def test_blocked_backward_for_ghost_batches_of_channels_last_matches_float64(
+    dtype, weight_kind, need_x, monkeypatch
+):
+    """Kept (group, channel) axes apart in memory: the two-pass blocked backward, many blocks."""
+    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)  # 6 blocks of one example
+    generator = torch.Generator().manual_seed(6)
+    x = (torch.randn(6, 4, 5, 5, generator=generator) * 3 + 5).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last).reshape(2, 3, 4, 5, 5)
+    axes = (1, 2)
+    weight_shape = {"none": (1,) * 5, "per example": (2, 3, 1, 1, 1), "mask": (2, 3, 1, 5, 5)}
+    weights = torch.rand(weight_shape[weight_kind], generator=generator)
+    scale = torch.rand(1, 1, 4, 1, 1, generator=generator) + 0.5  # shared across groups
+    shift = torch.randn(scale.shape, generator=generator)
+    x64, mean64, var64, y64 = _weighted_oracle(x, weights, axes, scale, shift)
+    dy = torch.randn(x.shape, generator=generator).to(dtype)
+    y64.backward(dy.double())
+
+    xg = x.clone().requires_grad_(need_x)
+    s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
+    given_weights = None if weight_kind == "none" else weights
+    moments = stats_pass(xg, axes, given_weights)
+    invstd = torch.rsqrt(moments.var + 1e-3)
+    y = NormalizeApply.apply(xg, given_weights, moments.mean, invstd, s, b, axes)
+    y.backward(dy)
+    tolerance = (
+        {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.03}
+    )
+    if need_x:
+        assert xg.grad.dtype == dtype and xg.grad.stride() == x.stride()
+        torch.testing.assert_close(xg.grad.double(), x64.grad, **tolerance)
+    else:
+        assert xg.grad is None
+    # The oracle's parameter gradients, summed over the groups that share them.
+    x_hat = ((x64 - mean64) * torch.rsqrt(var64 + 1e-3)).detach()
+    reduce_dims = (0, 1, 3, 4)
+    want_ds = (dy.double() * x_hat).sum(reduce_dims, keepdim=True)
+    torch.testing.assert_close(s.grad.double(), want_ds, **tolerance)
+    want_db = dy.double().sum(reduce_dims, keepdim=True)
+    torch.testing.assert_close(b.grad.double(), want_db, **tolerance)

@@ -41,6 +41,7 @@ from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, 
 from batchnorm._reductions import (
     block_view,
     blocked_channel_sum,
+    blocks,
     channel_sum,
     channel_sum_of_squares,
     combine_blocks,
@@ -300,9 +301,9 @@ class NormalizeApply(torch.autograd.Function):
                 result = _native_weighted_backward(
                     x, dy, weights, mean, invstd, per_kept_scale, ctx.axes, need_x
                 )
-            if result is None:  # no block view: the same sums in torch ops
-                result = _composite_backward(
-                    x, dy, weights, mean, invstd, per_kept_scale, mean.shape, ctx.axes
+            if result is None:  # no block view: the same passes, a block at a time
+                result = _blocked_backward(
+                    x, dy, weights, mean, invstd, per_kept_scale, ctx.axes, need_x
                 )
         dx, dscale, dshift = result or _composite_backward(
             x, dy, weights, mean, invstd, scale, shift_shape, ctx.axes
@@ -534,6 +535,70 @@ def _native_weighted_backward(
     dx = x.to(acc) - mean
     _scale_and_shift(dx, minus_c1, minus_c0, out=dx).mul_(weights).addcmul_(dy.to(acc), dy_scale)
     return dx.to(x.dtype), sum_dy_x_hat, sum_dy
+
+
+def _blocked_backward(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    weights: torch.Tensor | None,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    scale: torch.Tensor,
+    axes: tuple[int, ...],
+    need_x: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    r"""The (weighted) backward for a per-kept-index ``scale`` over any layout, in two passes.
+
+    For layouts ATen's kernels do not take (kept axes apart in memory: ghost batches of
+    channels_last inputs). Both passes run a cache-sized block at a time along the outermost
+    dimension in memory, forming ``x - mean`` (and 16-bit upcasts) in reused scratch:
+
+    1. reduce: ``S_1 = \sum dy`` and ``S_2 = \sum dy (x - \mu)`` (reads ``x`` and ``dy``);
+    2. apply: ``dx = A \sigma^{-1} dy + w \left(c_0 + (x - \mu) c_1\right)`` with
+       ``c_0 = -A \sigma^{-1} S_1 / W`` and ``c_1 = -A \sigma^{-3} S_2 / W`` (reads ``x`` and
+       ``dy``, writes ``dx``), ``w / W = 1 / n`` unweighted.
+
+    Returns ``dx`` (None unless ``need_x``), ``dA = \sigma^{-1} S_2`` and ``dB = S_1``.
+    """
+    acc = mean.dtype
+    if dy.stride() != x.stride():
+        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
+
+    def in_acc(block: torch.Tensor, role: str) -> torch.Tensor:
+        if block.dtype == acc:
+            return block
+        return scratch_space.like(block, acc, role).copy_(block)
+
+    sums_dy, sums_dy_centered = [], []
+    for _, (x_block, dy_block, block_mean) in blocks(x, (x, dy, mean)):
+        dy_up = in_acc(dy_block, "upcast dy")
+        centered = scratch_space.like(x_block, acc, "centred")
+        torch.sub(in_acc(x_block, "upcast"), block_mean, out=centered)
+        sums_dy.append(channel_sum(dy_up, axes))
+        sums_dy_centered.append(channel_sum(centered.mul_(dy_up), axes))
+    outermost = memory_order(x)[0]  # the dimension the blocks slice
+    sum_dy = combine_blocks(sums_dy, outermost, axes)
+    sum_dy_centered = combine_blocks(sums_dy_centered, outermost, axes)
+    if not need_x:
+        return None, sum_dy_centered * invstd, sum_dy
+    reduce_dims = [d for d in range(x.dim()) if d not in axes]
+    total = weight_total(weights, x.shape, reduce_dims).to(acc)
+    dy_scale = scale * invstd
+    c0 = no_nan_divide(-dy_scale * sum_dy, total)
+    c1 = no_nan_divide(-dy_scale * invstd * invstd * sum_dy_centered, total)
+    dx = torch.empty_like(x)
+    others = (dx, dy, mean, c0, c1, dy_scale) + (() if weights is None else (weights,))
+    for _, (x_block, dx_block, dy_block, *per_channel) in blocks(x, (x, *others)):
+        block_mean, block_c0, block_c1, block_dy_scale, *block_weights = per_channel
+        out = dx_block if dx_block.dtype == acc else scratch_space.like(x_block, acc, "centred")
+        torch.sub(in_acc(x_block, "upcast"), block_mean, out=out)
+        _scale_and_shift(out, block_c1, block_c0, out=out)
+        if block_weights:
+            out.mul_(block_weights[0])
+        out.addcmul_(in_acc(dy_block, "upcast dy"), block_dy_scale)
+        if out is not dx_block:
+            dx_block.copy_(out)
+    return dx, sum_dy_centered * invstd, sum_dy
 
 
 def _composite_backward(
