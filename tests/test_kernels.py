@@ -161,6 +161,7 @@ SIXTEEN_BIT_LAYOUTS = {
         lambda x: x.contiguous(memory_format=torch.channels_last).reshape(2, 3, *x.shape[1:]),
         (1, 2),
     ),
+    "kept apart, outermost kept": (lambda x: x, (0, 2)),  # upcast blocks hold other channels
 }
 
 

@@ -133,32 +133,46 @@ def _upcast_moments(
     reduce_dims: Sequence[int],
     acc: torch.dtype,
 ) -> Moments:
-    """Two-pass (weighted) moments of a 16-bit ``x`` in ``acc``, upcasting a block at a time.
+    r"""(Weighted) moments of a 16-bit ``x`` in ``acc``, in one pass upcasting a block at a time.
 
-    For weights, masks and layouts without a block view. Each block goes through the ``acc``
-    sums as a float32 input would, its weights sliced alongside: no full-size float32 copy of
-    ``x`` is made, where one would be two full-size buffers more than the native kernel
-    touches.
+    For weights, masks and layouts without a block view; no full-size float32 copy of ``x`` is
+    made. Each block is upcast once; its (weighted) count ``n_b``, mean ``m_b`` and centred
+    sum of squares ``M_b`` come from the ``acc`` sums while it is in cache (two-pass within the
+    block), and the blocks combine exactly (Chan, Golub and LeVeque):
+
+    .. math::
+
+        n = \sum n_b, \quad \mu = \frac{1}{n} \sum n_b m_b, \quad
+        \sigma^2 = \frac{1}{n} \sum \left(M_b + n_b (m_b - \mu)^2\right)
+
+    Blocks along a kept dimension hold different channels and are concatenated instead.
     """
-    count = weight_total(weights, x.shape, reduce_dims).to(acc)
-
-    def block_sums(mean: torch.Tensor | None) -> torch.Tensor:
-        """Per-channel sums of the blocks (their centred squares when ``mean`` is given)."""
-        others = [t for t in (weights, mean) if t is not None]
-        parts = []
-        for _, block, sliced in upcast_blocks(x, acc, others):
-            block_mean = None if mean is None else sliced[-1]
-            if weights is not None:
-                parts.append(_weighted_channel_sum(axes, block, sliced[0], block_mean))
-            elif block_mean is not None:
-                parts.append(channel_sum_of_squares(block.sub_(block_mean), axes))
-            else:
-                parts.append(channel_sum(block, axes))
-        return combine_blocks(parts, memory_order(x)[0], axes)
-
-    mean = no_nan_divide(block_sums(None), count)
-    var = no_nan_divide(block_sums(mean), count)
-    return Moments(count=count if weights is None else count.expand_as(mean), mean=mean, var=var)
+    counts, means, squares = [], [], []
+    for _, block, sliced in upcast_blocks(x, acc, [] if weights is None else [weights]):
+        if weights is None:
+            count = weight_total(None, block.shape, reduce_dims).to(acc)
+            mean = channel_sum(block, axes) / count
+            squares.append(channel_sum_of_squares(block.sub_(mean), axes))
+        else:
+            count = weight_total(sliced[0], block.shape, reduce_dims).to(acc)
+            mean = no_nan_divide(_weighted_channel_sum(axes, block, sliced[0]), count)
+            squares.append(_weighted_channel_sum(axes, block, sliced[0], mean))
+        counts.append(count.expand_as(mean))
+        means.append(mean)
+    dim = memory_order(x)[0]
+    count = combine_blocks(counts, dim, axes)
+    if len(means) == 1 or dim in axes:
+        mean, total_squares = combine_blocks(means, dim, axes), combine_blocks(squares, dim, axes)
+    else:
+        weighted_means = [n * m for n, m in zip(counts, means, strict=True)]
+        mean = no_nan_divide(combine_blocks(weighted_means, dim, axes), count)
+        parts = zip(squares, counts, means, strict=True)
+        spreads = [block_squares + n * (m - mean) ** 2 for block_squares, n, m in parts]
+        total_squares = combine_blocks(spreads, dim, axes)
+    var = no_nan_divide(total_squares, count)
+    if weights is None:
+        count = weight_total(None, x.shape, reduce_dims).to(acc)
+    return Moments(count=count, mean=mean, var=var)
 
 
 def _weighted_deviation_square(
