@@ -510,18 +510,12 @@ def _native_weighted_backward(
     axes: tuple[int, ...],
     need_x: bool,
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
-    r"""The weighted backward: ATen's fused reduce, then one short elementwise apply.
+    r"""The weighted backward: ATen's fused reduce, then the blocked apply.
 
     The sums in the weighted gradient are unweighted (``y`` exists at every position), so
-    ATen's backward reduce gives them, ``S_1 = \sum dy`` and ``S_2 = \sum dy\, \hat{x}``,
-    in one pass over ``dy`` and ``x``; only the apply carries the weights:
-
-    .. math::
-
-        dx = A \sigma^{-1} dy - w \left(c_0 + (x - \mu)\, c_1\right), \quad
-        c_0 = \frac{A \sigma^{-1} S_1}{W}, \quad c_1 = \frac{A \sigma^{-2} S_2}{W}
-
-    None when ``x`` has no block view.
+    ATen's backward reduce gives them, ``S_1 = \sum dy`` and ``S_2 = \sum dy\, \hat{x}``, in
+    one pass over ``dy`` and ``x``; only the apply (:func:`_input_gradient`) carries the
+    weights. None when ``x`` has no block view.
     """
     sums = _native_backward(x, dy, mean, invstd, scale, axes, (False, True, True))
     if sums is None:
@@ -529,26 +523,8 @@ def _native_weighted_backward(
     _, sum_dy_x_hat, sum_dy = sums
     if not need_x:
         return None, sum_dy_x_hat, sum_dy
-    acc = mean.dtype
-    reduce_dims = [d for d in range(x.dim()) if d not in axes]
-    total = weight_total(weights, x.shape, reduce_dims).to(acc)
-    dy_scale = scale * invstd
-    minus_c0 = no_nan_divide(-dy_scale * sum_dy, total)
-    minus_c1 = no_nan_divide(-dy_scale * invstd * sum_dy_x_hat, total)
-    if x.dtype != acc:  # 16-bit: a block of x and of dy upcast at a time
-        dx = torch.empty_like(x)
-        per_channel = (mean, minus_c0, minus_c1, dy_scale)
-        for _, block, (out, w, dy_block, *factors) in upcast_blocks(
-            x, acc, (dx, weights, dy, *per_channel)
-        ):
-            m, c0, c1, k = factors
-            dy_up = scratch_space.like(dy_block, acc, "upcast dy").copy_(dy_block)
-            _scale_and_shift(block.sub_(m), c1, c0, out=block).mul_(w).addcmul_(dy_up, k)
-            out.copy_(block)
-        return dx, sum_dy_x_hat, sum_dy
-    dx = x.to(acc) - mean
-    _scale_and_shift(dx, minus_c1, minus_c0, out=dx).mul_(weights).addcmul_(dy.to(acc), dy_scale)
-    return dx.to(x.dtype), sum_dy_x_hat, sum_dy
+    dx = _input_gradient(x, dy, weights, mean, invstd, scale, sum_dy, sum_dy_x_hat, axes)
+    return dx, sum_dy_x_hat, sum_dy
 
 
 def _blocked_backward(
@@ -567,52 +543,81 @@ def _blocked_backward(
     channels_last inputs). Both passes run a cache-sized block at a time along the outermost
     dimension in memory, forming ``x - mean`` (and 16-bit upcasts) in reused scratch:
 
-    1. reduce: ``S_1 = \sum dy`` and ``S_2 = \sum dy (x - \mu)`` (reads ``x`` and ``dy``);
-    2. apply: ``dx = A \sigma^{-1} dy + w \left(c_0 + (x - \mu) c_1\right)`` with
-       ``c_0 = -A \sigma^{-1} S_1 / W`` and ``c_1 = -A \sigma^{-3} S_2 / W`` (reads ``x`` and
-       ``dy``, writes ``dx``), ``w / W = 1 / n`` unweighted.
+    1. reduce: ``S_1 = \sum dy`` and ``S_2 = \sum dy\, \hat{x}`` (reads ``x`` and ``dy``);
+    2. apply: :func:`_input_gradient` (reads ``x`` and ``dy``, writes ``dx``).
 
-    Returns ``dx`` (None unless ``need_x``), ``dA = \sigma^{-1} S_2`` and ``dB = S_1``.
+    Returns ``dx`` (None unless ``need_x``), ``dA = S_2`` and ``dB = S_1``.
     """
     acc = mean.dtype
     if dy.stride() != x.stride():
         dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
-
-    def in_acc(block: torch.Tensor, role: str) -> torch.Tensor:
-        if block.dtype == acc:
-            return block
-        return scratch_space.like(block, acc, role).copy_(block)
-
     sums_dy, sums_dy_centered = [], []
     for _, (x_block, dy_block, block_mean) in blocks(x, (x, dy, mean)):
-        dy_up = in_acc(dy_block, "upcast dy")
+        dy_up = _in_acc(dy_block, acc, "upcast dy")
         centered = scratch_space.like(x_block, acc, "centred")
-        torch.sub(in_acc(x_block, "upcast"), block_mean, out=centered)
+        torch.sub(_in_acc(x_block, acc, "upcast"), block_mean, out=centered)
         sums_dy.append(channel_sum(dy_up, axes))
         sums_dy_centered.append(channel_sum(centered.mul_(dy_up), axes))
     outermost = memory_order(x)[0]  # the dimension the blocks slice
     sum_dy = combine_blocks(sums_dy, outermost, axes)
-    sum_dy_centered = combine_blocks(sums_dy_centered, outermost, axes)
+    sum_dy_x_hat = combine_blocks(sums_dy_centered, outermost, axes) * invstd
     if not need_x:
-        return None, sum_dy_centered * invstd, sum_dy
+        return None, sum_dy_x_hat, sum_dy
+    dx = _input_gradient(x, dy, weights, mean, invstd, scale, sum_dy, sum_dy_x_hat, axes)
+    return dx, sum_dy_x_hat, sum_dy
+
+
+def _input_gradient(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    weights: torch.Tensor | None,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    scale: torch.Tensor,
+    sum_dy: torch.Tensor,
+    sum_dy_x_hat: torch.Tensor,
+    axes: Sequence[int],
+) -> torch.Tensor:
+    r"""The backward apply for a per-kept-index ``scale``, a cache-sized block at a time.
+
+    .. math::
+
+        dx = A \sigma^{-1} dy + w \left(c_0 + (x - \mu)\, c_1\right), \quad
+        c_0 = -\frac{A \sigma^{-1} \sum dy}{W}, \quad
+        c_1 = -\frac{A \sigma^{-2} \sum dy\, \hat{x}}{W}
+
+    with ``w / W = 1 / n`` unweighted. Reads ``x`` and ``dy`` once and writes ``dx`` once:
+    ``x - mean``, its products and 16-bit upcasts are formed in reused scratch while each
+    block is in cache, where whole-tensor ops would make four passes more.
+    """
+    acc = mean.dtype
+    if dy.stride() != x.stride():
+        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
     reduce_dims = [d for d in range(x.dim()) if d not in axes]
     total = weight_total(weights, x.shape, reduce_dims).to(acc)
     dy_scale = scale * invstd
     c0 = no_nan_divide(-dy_scale * sum_dy, total)
-    c1 = no_nan_divide(-dy_scale * invstd * invstd * sum_dy_centered, total)
+    c1 = no_nan_divide(-dy_scale * invstd * sum_dy_x_hat, total)
     dx = torch.empty_like(x)
     others = (dx, dy, mean, c0, c1, dy_scale) + (() if weights is None else (weights,))
     for _, (x_block, dx_block, dy_block, *per_channel) in blocks(x, (x, *others)):
         block_mean, block_c0, block_c1, block_dy_scale, *block_weights = per_channel
         out = dx_block if dx_block.dtype == acc else scratch_space.like(x_block, acc, "centred")
-        torch.sub(in_acc(x_block, "upcast"), block_mean, out=out)
+        torch.sub(_in_acc(x_block, acc, "upcast"), block_mean, out=out)
         _scale_and_shift(out, block_c1, block_c0, out=out)
         if block_weights:
             out.mul_(block_weights[0])
-        out.addcmul_(in_acc(dy_block, "upcast dy"), block_dy_scale)
+        out.addcmul_(_in_acc(dy_block, acc, "upcast dy"), block_dy_scale)
         if out is not dx_block:
             dx_block.copy_(out)
-    return dx, sum_dy_centered * invstd, sum_dy
+    return dx
+
+
+def _in_acc(block: torch.Tensor, acc: torch.dtype, role: str) -> torch.Tensor:
+    """``block`` in ``acc``: itself, or a 16-bit block upcast into the scratch of ``role``."""
+    if block.dtype == acc:
+        return block
+    return scratch_space.like(block, acc, role).copy_(block)
 
 
 def _composite_backward(
