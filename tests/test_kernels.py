@@ -202,7 +202,8 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(layout, dtype16,
 @pytest.mark.parametrize(
     ("memory_format", "weight_shape"),
     [
-        (torch.contiguous_format, (6, 1, 1, 1)),  # per example: row sums of upcast blocks
+        (torch.contiguous_format, (6, 1, 1, 1)),  # per example: ATen statistics of the rows
+        # channels_last per example: row sums of upcast blocks
         (torch.channels_last, (6, 1, 1, 1)),
         (torch.contiguous_format, (6, 1, 5, 7)),  # a mask: blocked products of upcast blocks
         (torch.channels_last, (6, 1, 5, 7)),

@@ -87,8 +87,11 @@ def stats_pass(
         acc = accumulation_dtype(x.dtype)
         reduce_dims = [d for d in range(x.dim()) if d not in axes]
         if x.dtype != acc:
-            weights = None if weights is None else weights.to(acc)
-            moments = _native_moments(x, axes, reduce_dims, acc) if weights is None else None
+            if weights is None:
+                moments = _native_moments(x, axes, reduce_dims, acc)
+            else:
+                weights = weights.to(acc)
+                moments = _native_row_moments(x, weights, axes, reduce_dims, acc)
             return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
         xs = x.to(acc)
         count = weight_total(weights, x.shape, reduce_dims).to(acc)
@@ -124,6 +127,46 @@ def _native_moments(
     mean, var = torch.ops.aten.batch_norm_update_stats(block, unused, unused.clone(), 0.0)
     count = weight_total(None, x.shape, reduce_dims).to(acc)
     return Moments(count=count, mean=mean.view(keep), var=var.view(keep))
+
+
+def _native_row_moments(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    axes: Sequence[int],
+    reduce_dims: Sequence[int],
+    acc: torch.dtype,
+) -> Moments | None:
+    r"""Weighted moments of a 16-bit ``x`` from ATen's statistics of its weighted rows.
+
+    Per-example weights (``batch_weights``) are constant along the rows of an NCHW input:
+    ATen's statistics kernel gives each row ``r`` (each example and channel) its mean ``m_r``
+    and biased variance ``v_r`` from the 16-bit input in float32 (:func:`_native_moments`),
+    and the rows combine exactly:
+
+    .. math::
+
+        \mu = \frac{\sum_r w_r m_r}{\sum_r w_r}, \quad
+        \sigma^2 = \frac{\sum_r w_r \left(v_r + (m_r - \mu)^2\right)}{\sum_r w_r}
+
+    Zero-weight rows contribute exactly 0 (:func:`batchnorm._moments.weighted`). None unless
+    the weights are constant along some reduced dimensions, vary along the others, and the
+    kept and varying dimensions together have a block view.
+    """
+    varying = [d for d in reduce_dims if weights.dim() == x.dim() and weights.shape[d] != 1]
+    if not varying or len(varying) == len(reduce_dims):
+        return None
+    row_axes = sorted([*axes, *varying])
+    within_rows = [d for d in reduce_dims if d not in varying]
+    rows = _native_moments(x, row_axes, within_rows, acc)
+    if rows is None:
+        return None
+    row_weights = weights.expand_as(rows.mean)
+    total = channel_sum(row_weights, axes)
+    mean = no_nan_divide(channel_sum(weighted(rows.mean, row_weights), axes), total)
+    spread = rows.var + (rows.mean - mean) ** 2
+    var = no_nan_divide(channel_sum(weighted(spread, row_weights), axes), total)
+    count = weight_total(weights, x.shape, reduce_dims).to(acc)
+    return Moments(count=count.expand_as(mean), mean=mean, var=var)
 
 
 def _upcast_moments(
