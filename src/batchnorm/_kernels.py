@@ -725,18 +725,20 @@ def _aten_input(
 ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """``x`` as ATen's batch-norm kernels take it, channels on dimension 1, and what to restore.
 
-    Contiguous NCHW and channels_last inputs (rank 4 or 5) go as they are (channels_last
-    measured about 0.3 ms faster per (32, 64, 56, 56) call than as a matrix); every other
+    Contiguous inputs with channels on dimension 1 (``(N, C)`` to ``(N, C, D, H, W)``) and
+    channels_last inputs (rank 4 or 5) go as they are (channels_last measured about 0.3 ms
+    faster per (32, 64, 56, 56) call than as a matrix); every other
     layout as its block view ``(outer, channels, inner)``, or ``(outer, channels)`` when the
     channels are innermost, with ``x`` returned to restore an output's shape and strides.
     None without a block view. channels_last goes as it is only when no dimension has size 1:
     ATen's backward returns permuted gradients for inputs whose strides merely look
     channels_last.
     """
-    if x.dim() in (4, 5) and tuple(axes) == (1,):
-        channels_last = torch.channels_last if x.dim() == 4 else torch.channels_last_3d
-        unambiguous = min(x.shape) > 1 and x.is_contiguous(memory_format=channels_last)
-        if x.is_contiguous() or unambiguous:
+    if tuple(axes) == (1,) and 2 <= x.dim() <= 5:
+        if x.is_contiguous():
+            return x, None
+        channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+        if channels_last and min(x.shape) > 1 and x.is_contiguous(memory_format=channels_last):
             return x, None
     view = block_view(x, axes)
     if view is None:
