@@ -11,6 +11,7 @@ as full-size temporaries, and 16-bit inputs are upcast a block at a time
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from math import prod
@@ -36,8 +37,12 @@ __all__ = [
 
 def memory_order(t: torch.Tensor) -> list[int]:
     """Dimensions of ``t`` from outermost to innermost in memory (ties keep logical order)."""
-    strides = t.stride()
-    return sorted(range(t.dim()), key=strides.__getitem__, reverse=True)
+    return list(_order(t.stride()))
+
+
+@functools.lru_cache(maxsize=256)
+def _order(strides: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(range(len(strides)), key=strides.__getitem__, reverse=True))
 
 
 def block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
@@ -46,18 +51,33 @@ def block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
     It exists when ``t`` is dense and the kept ``axes`` are adjacent in memory, in ascending
     order: NCHW and channels_last inputs, and every contiguous input with one kept axis.
     """
-    if t.numel() == 0:
+    plan = _block_plan(tuple(t.shape), t.stride(), tuple(axes))
+    if plan is None:
         return None
-    order = memory_order(t)
-    in_memory_order = t.permute(order)
-    if not in_memory_order.is_contiguous():
+    order, sizes = plan
+    return (t if order is None else t.permute(order)).view(sizes)
+
+
+@functools.lru_cache(maxsize=256)
+def _block_plan(
+    shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
+) -> tuple[tuple[int, ...] | None, tuple[int, int, int]] | None:
+    """The permutation (None if the identity) and sizes of :func:`block_view`, or None."""
+    if prod(shape) == 0:
         return None
+    order = _order(strides)
+    expected = 1
+    for d in reversed(order):  # dense in this order (size-1 dimensions have any stride)
+        if shape[d] != 1 and strides[d] != expected:
+            return None
+        expected *= shape[d]
     positions = [order.index(a) for a in sorted(axes)]
     first, last = positions[0], positions[-1]
     if positions != list(range(first, last + 1)):
         return None
-    sizes = in_memory_order.shape
-    return in_memory_order.view(prod(sizes[:first]), prod(sizes[first : last + 1]), -1)
+    sizes = [shape[d] for d in order]
+    view = (prod(sizes[:first]), prod(sizes[first : last + 1]), prod(sizes[last + 1 :]))
+    return (None if order == tuple(range(len(shape))) else order), view
 
 
 def from_block_view(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -79,32 +99,59 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
         [8.0, 8.0, 8.0]
 
     """
-    keep = keep_shape(t, axes)
-    order = memory_order(t)
-    in_memory_order = t.permute(order)
-    if t.numel() == 0 or not in_memory_order.is_contiguous():
+    plan = _sum_plan(tuple(t.shape), t.stride(), tuple(axes))
+    if plan is None:
         reduce_dims = [d for d in range(t.dim()) if d not in axes]
         return t.sum(dim=reduce_dims, keepdim=True)
-    # Coalesce memory-adjacent dimensions into alternating kept/reduced runs, then reduce the
-    # runs innermost first: each sum is a contiguous row sum or a sum over a middle dimension
-    # with contiguous columns, both fast, where one multi-dimension sum is not (ghost batches
-    # on channels_last inputs keep (group, channel) with (height, width) between them).
-    sizes: list[int] = []
+    order, runs, reduced_runs, kept_sizes, to_logical, keep = plan
+    total = (t if order is None else t.permute(order)).view(runs)
+    for run in reduced_runs:
+        total = total.sum(dim=run)
+    total = total.view(kept_sizes)
+    return (total if to_logical is None else total.permute(to_logical)).reshape(keep)
+
+
+@functools.lru_cache(maxsize=256)
+def _sum_plan(
+    shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
+) -> tuple | None:
+    """How :func:`channel_sum` reduces a tensor of this shape and strides; None if not dense.
+
+    Memory-adjacent dimensions coalesce into alternating kept/reduced runs, reduced innermost
+    first: each sum is a contiguous row sum or a sum over a middle dimension with contiguous
+    columns, both fast, where one multi-dimension sum is not (ghost batches on channels_last
+    inputs keep (group, channel) with (height, width) between them). Permutations that are
+    the identity are None.
+    """
+    rank = len(shape)
+    order = list(_order(strides))
+    expected = 1
+    for d in reversed(order):  # dense, in this order: each stride the product of the inner sizes
+        if shape[d] != 1 and strides[d] != expected:
+            return None
+        expected *= shape[d]
+    if expected == 0:
+        return None
+    runs: list[int] = []
     kept: list[bool] = []
     for d in order:
         if kept and kept[-1] == (d in axes):
-            sizes[-1] *= t.shape[d]
+            runs[-1] *= shape[d]
         else:
-            sizes.append(t.shape[d])
+            runs.append(shape[d])
             kept.append(d in axes)
-    total = in_memory_order.view(sizes)
-    for run in reversed(range(len(sizes))):
-        if not kept[run]:
-            total = total.sum(dim=run)
+    reduced_runs = [run for run in reversed(range(len(runs))) if not kept[run]]
     kept_in_memory_order = [d for d in order if d in axes]
-    total = total.view([t.shape[d] for d in kept_in_memory_order])
     to_logical = [kept_in_memory_order.index(d) for d in sorted(axes)]
-    return total.permute(to_logical).reshape(keep)
+    keep = tuple(shape[d] if d in axes else 1 for d in range(rank))
+    return (
+        None if order == list(range(rank)) else order,
+        runs,
+        reduced_runs,
+        [shape[d] for d in kept_in_memory_order],
+        None if to_logical == list(range(len(to_logical))) else to_logical,
+        keep,
+    )
 
 
 def channel_sum_of_squares(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
