@@ -335,7 +335,7 @@ def test_constant_channels_give_exactly_beta(layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weight_kind", ["none", "per example", "mask"])
 @pytest.mark.parametrize("need_x", [True, False])
-def test_blocked_backward_for_ghost_batches_of_channels_last_matches_float64(
+def test_blocked_sums_and_apply_for_ghost_batches_of_channels_last_match_float64(
     dtype, weight_kind, need_x, monkeypatch
 ):
     """Kept (group, channel) axes apart in memory: the two-pass blocked backward, many blocks."""

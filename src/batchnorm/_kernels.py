@@ -12,8 +12,9 @@ The passes are named by role, as PyTorch names its SyncBatchNorm kernels:
 4. backward apply: ``dx = A * invstd * (dy - sum(dy) / n - x_hat * sum(dy * x_hat) / n)``.
 
 Passes 3 and 4 are ATen's ``native_batch_norm_backward`` wherever the layout fits; with
-weights or a mask, pass 3 is still ATen's (the sums are unweighted) and pass 4 is a short
-elementwise apply that carries the weights.
+weights or a mask, pass 3 is still ATen's (the sums are unweighted) and pass 4 is
+:func:`_input_gradient`, which carries the weights a cache-sized block at a time. Where ATen's
+kernels do not fit (ghost batches of channels_last inputs), pass 3 is blocked too.
 
 Only ``x`` and per-channel vectors are saved for backward. ``A`` and ``B`` are ordinary tensors
 built by autograd from gamma, beta and whatever variant composes into them (see
@@ -354,14 +355,19 @@ class NormalizeApply(torch.autograd.Function):
             per_kept_scale = scale.expand(mean.shape)
             if weights is None:
                 result = _native_backward(x, dy, mean, invstd, per_kept_scale, ctx.axes, ctx.needs)
-            else:
-                result = _native_weighted_backward(
-                    x, dy, weights, mean, invstd, per_kept_scale, ctx.axes, need_x
+            if result is None:
+                # Weighted, or no block view: the (unweighted) sums from ATen's reduce where it
+                # fits, else a block at a time; then the apply carries the weights.
+                sums = _native_backward(
+                    x, dy, mean, invstd, per_kept_scale, ctx.axes, (False, True, True)
                 )
-            if result is None:  # no block view: the same passes, a block at a time
-                result = _blocked_backward(
-                    x, dy, weights, mean, invstd, per_kept_scale, ctx.axes, need_x
-                )
+                _, sum_dy_x_hat, sum_dy = sums or _blocked_sums(x, dy, mean, invstd, ctx.axes)
+                dx = None
+                if need_x:
+                    dx = _input_gradient(
+                        x, dy, weights, mean, invstd, per_kept_scale, sum_dy, sum_dy_x_hat, ctx.axes
+                    )
+                result = dx, sum_dy_x_hat, sum_dy
         dx, dscale, dshift = result or _composite_backward(
             x, dy, weights, mean, invstd, scale, shift_shape, ctx.axes
         )
@@ -544,53 +550,19 @@ def _native_backward(
     )
 
 
-def _native_weighted_backward(
+def _blocked_sums(
     x: torch.Tensor,
     dy: torch.Tensor,
-    weights: torch.Tensor,
     mean: torch.Tensor,
     invstd: torch.Tensor,
-    scale: torch.Tensor,
     axes: tuple[int, ...],
-    need_x: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor] | None:
-    r"""The weighted backward: ATen's fused reduce, then the blocked apply.
-
-    The sums in the weighted gradient are unweighted (``y`` exists at every position), so
-    ATen's backward reduce gives them, ``S_1 = \sum dy`` and ``S_2 = \sum dy\, \hat{x}``, in
-    one pass over ``dy`` and ``x``; only the apply (:func:`_input_gradient`) carries the
-    weights. None when ``x`` has no block view.
-    """
-    sums = _native_backward(x, dy, mean, invstd, scale, axes, (False, True, True))
-    if sums is None:
-        return None
-    _, sum_dy_x_hat, sum_dy = sums
-    if not need_x:
-        return None, sum_dy_x_hat, sum_dy
-    dx = _input_gradient(x, dy, weights, mean, invstd, scale, sum_dy, sum_dy_x_hat, axes)
-    return dx, sum_dy_x_hat, sum_dy
-
-
-def _blocked_backward(
-    x: torch.Tensor,
-    dy: torch.Tensor,
-    weights: torch.Tensor | None,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-    scale: torch.Tensor,
-    axes: tuple[int, ...],
-    need_x: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    r"""The (weighted) backward for a per-kept-index ``scale`` over any layout, in two passes.
+) -> tuple[None, torch.Tensor, torch.Tensor]:
+    r"""The backward reduce, ``\sum dy\, \hat{x}`` and ``\sum dy``, over any layout.
 
     For layouts ATen's kernels do not take (kept axes apart in memory: ghost batches of
-    channels_last inputs). Both passes run a cache-sized block at a time along the outermost
-    dimension in memory, forming ``x - mean`` (and 16-bit upcasts) in reused scratch:
-
-    1. reduce: ``S_1 = \sum dy`` and ``S_2 = \sum dy\, \hat{x}`` (reads ``x`` and ``dy``);
-    2. apply: :func:`_input_gradient` (reads ``x`` and ``dy``, writes ``dx``).
-
-    Returns ``dx`` (None unless ``need_x``), ``dA = S_2`` and ``dB = S_1``.
+    channels_last inputs). One pass over ``x`` and ``dy`` a cache-sized block at a time along
+    the outermost dimension in memory, ``x - mean`` (and 16-bit upcasts) formed in reused
+    scratch. Shaped like :func:`_native_backward`'s result, without ``dx``.
     """
     acc = mean.dtype
     if dy.stride() != x.stride():
@@ -603,12 +575,8 @@ def _blocked_backward(
         sums_dy.append(channel_sum(dy_up, axes))
         sums_dy_centered.append(channel_sum(centered.mul_(dy_up), axes))
     outermost = memory_order(x)[0]  # the dimension the blocks slice
-    sum_dy = combine_blocks(sums_dy, outermost, axes)
     sum_dy_x_hat = combine_blocks(sums_dy_centered, outermost, axes) * invstd
-    if not need_x:
-        return None, sum_dy_x_hat, sum_dy
-    dx = _input_gradient(x, dy, weights, mean, invstd, scale, sum_dy, sum_dy_x_hat, axes)
-    return dx, sum_dy_x_hat, sum_dy
+    return None, sum_dy_x_hat, combine_blocks(sums_dy, outermost, axes)
 
 
 def _input_gradient(
