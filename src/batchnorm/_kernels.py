@@ -610,6 +610,10 @@ def _input_gradient(
     dy_scale = scale * invstd
     c0 = no_nan_divide(-dy_scale * sum_dy, total)
     c1 = no_nan_divide(-dy_scale * invstd * sum_dy_x_hat, total)
+    if weights is not None and _broadcast_numel(weights.shape, c1.shape) < x.numel():
+        # Weights constant along rows (per example): folded into per-row coefficients, one
+        # full-size multiply fewer.
+        c0, c1, weights = weights * c0, weights * c1, None
     dx = torch.empty_like(x)
     others = (dx, dy, mean, c0, c1, dy_scale) + (() if weights is None else (weights,))
     for _, (x_block, dx_block, dy_block, *per_channel) in blocks(x, (x, *others)):
@@ -623,6 +627,13 @@ def _input_gradient(
         if out is not dx_block:
             dx_block.copy_(out)
     return dx
+
+
+def _broadcast_numel(*shapes: torch.Size) -> int:
+    """Elements of the shape ``shapes`` broadcast to (each size 1 or the common size)."""
+    rank = max(len(shape) for shape in shapes)
+    padded = [(1,) * (rank - len(shape)) + tuple(shape) for shape in shapes]
+    return prod(max(sizes) for sizes in zip(*padded, strict=True))
 
 
 def _in_acc(block: torch.Tensor, acc: torch.dtype, role: str) -> torch.Tensor:
