@@ -599,8 +599,10 @@ def _input_gradient(
         c_1 = -\frac{A \sigma^{-2} \sum dy\, \hat{x}}{W}
 
     with ``w / W = 1 / n`` unweighted. Reads ``x`` and ``dy`` once and writes ``dx`` once:
-    ``x - mean``, its products and 16-bit upcasts are formed in reused scratch while each
-    block is in cache, where whole-tensor ops would make four passes more.
+    products and 16-bit upcasts are formed in reused scratch while each block is in cache,
+    where whole-tensor ops would make four passes more. Per-example weights fold into
+    per-row coefficients, and, as in :func:`_apply` and within the same ``FOLD_LIMIT``, the
+    mean into the shift: ``dx = A \sigma^{-1} dy + x c_1 + (c_0 - \mu c_1)``.
     """
     acc = mean.dtype
     if dy.stride() != x.stride():
@@ -614,13 +616,20 @@ def _input_gradient(
         # Weights constant along rows (per example): folded into per-row coefficients, one
         # full-size multiply fewer.
         c0, c1, weights = weights * c0, weights * c1, None
+    folded = weights is None and _folds_within_limit(mean, invstd)
+    if folded:  # c0 + (x - mean) c1 as x c1 + (c0 - mean c1): one full-size subtraction fewer
+        c0 = c0 - mean * c1
     dx = torch.empty_like(x)
     others = (dx, dy, mean, c0, c1, dy_scale) + (() if weights is None else (weights,))
     for _, (x_block, dx_block, dy_block, *per_channel) in blocks(x, (x, *others)):
         block_mean, block_c0, block_c1, block_dy_scale, *block_weights = per_channel
         out = dx_block if dx_block.dtype == acc else scratch_space.like(x_block, acc, "centred")
-        torch.sub(_in_acc(x_block, acc, "upcast"), block_mean, out=out)
-        _scale_and_shift(out, block_c1, block_c0, out=out)
+        x_acc = _in_acc(x_block, acc, "upcast")
+        if folded:
+            _scale_and_shift(x_acc, block_c1, block_c0, out=out)
+        else:
+            torch.sub(x_acc, block_mean, out=out)
+            _scale_and_shift(out, block_c1, block_c0, out=out)
         if block_weights:
             out.mul_(block_weights[0])
         out.addcmul_(_in_acc(dy_block, acc, "upcast dy"), block_dy_scale)
