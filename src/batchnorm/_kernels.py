@@ -623,8 +623,8 @@ def _input_gradient(
     others = (dx, dy, mean, c0, c1, dy_scale) + (() if weights is None else (weights,))
     for _, (x_block, dx_block, dy_block, *per_channel) in blocks(x, (x, *others)):
         block_mean, block_c0, block_c1, block_dy_scale, *block_weights = per_channel
-        out = dx_block if dx_block.dtype == acc else scratch_space.like(x_block, acc, "centred")
         x_acc = _in_acc(x_block, acc, "upcast")
+        out = dx_block if dx_block.dtype == acc else x_acc  # 16-bit: in place in the upcast
         if folded:
             _scale_and_shift(x_acc, block_c1, block_c0, out=out)
         else:
