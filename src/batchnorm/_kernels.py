@@ -616,7 +616,7 @@ def _input_gradient(
         # Weights constant along rows (per example): folded into per-row coefficients, one
         # full-size multiply fewer.
         c0, c1, weights = weights * c0, weights * c1, None
-    folded = weights is None and _folds_within_limit(mean, invstd)
+    folded = _folds_within_limit(mean, invstd)
     if folded:  # c0 + (x - mean) c1 as x c1 + (c0 - mean c1): one full-size subtraction fewer
         c0 = c0 - mean * c1
     dx = torch.empty_like(x)
