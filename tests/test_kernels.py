@@ -378,3 +378,27 @@ def test_blocked_sums_and_apply_for_ghost_batches_of_channels_last_match_float64
     torch.testing.assert_close(s.grad.double(), want_ds, **tolerance)
     want_db = dy.double().sum(reduce_dims, keepdim=True)
     torch.testing.assert_close(b.grad.double(), want_db, **tolerance)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(2, 0),
+        lambda: torch.randn(2, 0, 3, 3),
+        lambda: torch.randn(2, 0, 3, 3).contiguous(memory_format=torch.channels_last),
+        lambda: torch.randn(0, 3, 4, 4),
+    ],
+    ids=["dense", "NCHW", "channels_last", "empty batch"],
+)
+def test_empty_inputs_give_empty_outputs_and_gradients(make, training):
+    """Zero channels or an empty batch: an empty output and gradients, on the fast path."""
+    x = make().requires_grad_()
+    channels = x.shape[1]
+    gamma = torch.ones(channels, requires_grad=True)
+    y = bn.functional.batch_norm(
+        x, torch.zeros(channels), torch.ones(channels), gamma, None, training=training, axis=1
+    ).output
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad.shape == x.shape and gamma.grad.shape == gamma.shape

@@ -450,7 +450,7 @@ def _apply(
 
 def _folds_within_limit(mean: torch.Tensor, invstd: torch.Tensor) -> bool:
     """Whether ``|mean| * invstd <= FOLD_LIMIT`` for every channel (False for NaN)."""
-    return float((mean.abs() * invstd).max()) <= FOLD_LIMIT
+    return mean.numel() == 0 or float((mean.abs() * invstd).max()) <= FOLD_LIMIT
 
 
 def _broadcasts_to(target: torch.Size, *shapes: torch.Size) -> bool:
@@ -715,13 +715,15 @@ def _aten_input(
 
     Contiguous inputs with channels on dimension 1 (``(N, C)`` to ``(N, C, D, H, W)``) and
     channels_last inputs (rank 4 or 5) go as they are (channels_last measured about 0.3 ms
-    faster per (32, 64, 56, 56) call than as a matrix); every other
-    layout as its block view ``(outer, channels, inner)``, or ``(outer, channels)`` when the
-    channels are innermost, with ``x`` returned to restore an output's shape and strides.
-    None without a block view. channels_last goes as it is only when no dimension has size 1:
+    faster per (32, 64, 56, 56) call than as a matrix); every other layout as its block view
+    ``(outer, channels, inner)``, or ``(outer, channels)`` when the channels are innermost,
+    with ``x`` returned to restore an output's shape and strides. None without a block view
+    or for an empty ``x``. channels_last goes as it is only when no dimension has size 1:
     ATen's backward returns permuted gradients for inputs whose strides merely look
     channels_last.
     """
+    if x.numel() == 0:  # ATen's kernels reject zero channels; the torch ops take them
+        return None
     if tuple(axes) == (1,) and 2 <= x.dim() <= 5:
         if x.is_contiguous():
             return x, None
