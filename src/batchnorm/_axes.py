@@ -78,21 +78,23 @@ class ChannelLayout:
         raw = validate_axis_argument(axis)
         shape = tuple(int(size) for size in input_shape)
         rank = len(shape)
-        check(
-            rank >= 2,
-            "input rank",
-            rank,
-            f"2 or more (input shape {shape}); batch norm needs a batch axis and a channel axis",
-        )
+        # Messages are formatted only for an error: this runs on every call.
+        if rank < 2:
+            raise fail(
+                "input rank",
+                rank,
+                f"2 or more (input shape {shape}); batch norm needs a batch axis and a channel "
+                "axis",
+            )
         listed = (raw,) if isinstance(raw, int) else raw
         axes = []
         for entry in listed:
-            check(
-                -rank <= entry < rank, "axis", axis, f"values in [{-rank}, {rank}) for rank {rank}"
-            )
+            if not -rank <= entry < rank:
+                raise fail("axis", axis, f"values in [{-rank}, {rank}) for rank {rank}")
             axes.append(entry % rank)
         check(len(set(axes)) == len(axes), "axis", axis, "no duplicate axes")
-        check(len(axes) < rank, "axis", axis, f"to leave at least one axis of {shape} to reduce")
+        if len(axes) >= rank:
+            raise fail("axis", axis, f"to leave at least one axis of {shape} to reduce")
         return cls(input_shape=shape, axes=tuple(axes), raw_axis=raw)
 
     @property

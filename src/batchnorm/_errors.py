@@ -53,8 +53,9 @@ def _check_float(value: Any, argument: str, low: float, high: float | None) -> f
     is_number = isinstance(value, Real) and not isinstance(value, bool)
     number = float(value) if is_number else float("nan")
     in_range = low <= number and (number <= high if high is not None else number < float("inf"))
-    expected = f"a float in [{low}, {high}]" if high is not None else f"a finite float >= {low}"
-    check(in_range, argument, value, expected)
+    if not in_range:  # the message is formatted only for an error: this runs on every call
+        expected = f"a float in [{low}, {high}]" if high is not None else f"a finite float >= {low}"
+        raise fail(argument, value, expected)
     return number
 
 

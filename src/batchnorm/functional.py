@@ -35,6 +35,7 @@ from batchnorm._errors import (
     check_optional_bool,
     check_renorm_clipping,
     check_virtual_batch,
+    fail,
 )
 from batchnorm._kernels import NormalizeApply, native_inference, stats_pass
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
@@ -152,12 +153,12 @@ def _check_per_channel(tensor: torch.Tensor | None, argument: str, layout: Chann
     if tensor is None:
         return
     check(isinstance(tensor, torch.Tensor), argument, type(tensor).__name__, "a torch.Tensor")
-    check(
-        tensor.numel() == layout.num_channels,
-        f"{argument}.shape",
-        tuple(tensor.shape),
-        f"{layout.num_channels} elements, one per channel (shape {layout.param_shape})",
-    )
+    if tensor.numel() != layout.num_channels:  # formatted only for an error
+        raise fail(
+            f"{argument}.shape",
+            tuple(tensor.shape),
+            f"{layout.num_channels} elements, one per channel (shape {layout.param_shape})",
+        )
 
 
 def _per_channel(
