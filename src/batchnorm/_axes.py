@@ -137,17 +137,17 @@ class ChannelLayout:
 
         """
         shape = tuple(int(size) for size in input_shape)
-        check(
-            len(shape) == self.rank,
-            "input rank",
-            len(shape),
-            f"{self.rank}, the rank this layer was built for (input shape {shape})",
-        )
-        for d in self.axes:
-            check(
-                shape[d] == self.input_shape[d],
-                f"input.shape[{d}]",
-                shape[d],
-                f"{self.input_shape[d]} channels on axis {d}, as built",
+        if len(shape) != self.rank:  # messages formatted only for an error (every call)
+            raise fail(
+                "input rank",
+                len(shape),
+                f"{self.rank}, the rank this layer was built for (input shape {shape})",
             )
+        for d in self.axes:
+            if shape[d] != self.input_shape[d]:
+                raise fail(
+                    f"input.shape[{d}]",
+                    shape[d],
+                    f"{self.input_shape[d]} channels on axis {d}, as built",
+                )
         return ChannelLayout(input_shape=shape, axes=self.axes, raw_axis=self.raw_axis)

@@ -184,12 +184,12 @@ def _example_weights(
             type(batch_weights).__name__,
             "a torch.Tensor",
         )
-        check(
-            tuple(batch_weights.shape) == (x.shape[0],),
-            "batch_weights.shape",
-            tuple(batch_weights.shape),
-            f"({x.shape[0]},), one weight per example of the batch",
-        )
+        if tuple(batch_weights.shape) != (x.shape[0],):  # formatted only for an error
+            raise fail(
+                "batch_weights.shape",
+                tuple(batch_weights.shape),
+                f"({x.shape[0]},), one weight per example of the batch",
+            )
         weights = batch_weights.detach().to(dtype).reshape((-1,) + (1,) * (x.dim() - 1))
         check(
             bool((weights >= 0).all()), "batch_weights", "a negative entry", "non-negative weights"
@@ -203,13 +203,13 @@ def _example_weights(
         fits = len(shape) == x.dim() and all(
             m in (1, s) for m, s in zip(shape, x.shape, strict=True)
         )
-        check(
-            fits,
-            "mask.shape",
-            tuple(mask.shape),
-            f"the input shape {tuple(x.shape)} without its channel axes, or a shape "
-            "broadcastable to the input",
-        )
+        if not fits:
+            raise fail(
+                "mask.shape",
+                tuple(mask.shape),
+                f"the input shape {tuple(x.shape)} without its channel axes, or a shape "
+                "broadcastable to the input",
+            )
         mask_weights = mask.detach().reshape(shape).to(dtype)
         weights = mask_weights if weights is None else weights * mask_weights
     return weights
