@@ -402,8 +402,8 @@ def _apply(
     ``x \cdot a + (shift - mean \cdot a)``, as ATen and TensorFlow compute it: ATen's inference
     kernel for 16-bit inputs and NCHW rows (given ``running_var = 1, eps = 0``, so its own
     ``invstd`` is exactly 1; 16-bit in and out with float32 arithmetic), one ``addcmul``
-    elsewhere. Otherwise the centred form, ``x - mean`` scaled in place (16-bit: a block upcast
-    at a time, :func:`upcast_blocks`).
+    elsewhere; 16-bit inputs without a block view fold too, a block upcast at a time
+    (:func:`upcast_blocks`). Otherwise the centred form, ``x - mean`` scaled in place.
 
     Numerics: folding adds a rounding error of at most ``3 |mean| a u`` (``u`` the unit
     roundoff of the arithmetic), ``3 u`` per standard deviation the mean lies from zero in
@@ -439,11 +439,14 @@ def _apply(
         return torch.addcmul(shift, x - mean, x_scale)
     if not _broadcasts_to(x.shape, mean.shape, x_scale.shape, shift.shape):
         return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
+    if per_kept:  # folded here too, as ATen's kernel folds where there is a block view
+        shift = shift - mean * x_scale
     y = torch.empty_like(x)
     for _, block, (out, block_mean, block_scale, block_shift) in upcast_blocks(
         x, mean.dtype, (y, mean, x_scale, shift)
     ):
-        block.sub_(block_mean)
+        if not per_kept:
+            block.sub_(block_mean)
         out.copy_(_scale_and_shift(block, block_scale, block_shift, out=block))
     return y
 
