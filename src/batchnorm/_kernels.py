@@ -26,8 +26,9 @@ temporaries, are :mod:`batchnorm._reductions`.
 
 16-bit inputs (bfloat16, float16) are never copied whole to float32. Unweighted, with a block
 view, ATen's kernels do both forward passes (statistics accumulated in float32, the apply 16-bit
-in and out); with weights, a mask or no block view, blocks of the input are upcast one at a time
-into a reused float32 scratch and go through the float32 code.
+in and out); per-example weights of NCHW inputs take ATen's statistics of each row; with a mask
+or no block view, blocks of the input are upcast one at a time into a reused float32 scratch
+and go through the float32 code.
 """
 
 from __future__ import annotations
