@@ -1,9 +1,10 @@
-"""A/B of the fast path: ``_kernels.py`` and ``functional.py`` at a git revision against the tree.
+"""A/B of the fast path at a git revision against the working tree, in one process.
 
-Both versions run in one process, interleaved round by round with the native kernel, so the
-ratios are free of the run-to-run drift of a noisy machine (which separate runs of ``bench``
-are not). Only ``batchnorm/_kernels.py`` and ``batchnorm/functional.py`` (which calls it) are
-swapped; the rest of the package is the working tree's. Run from the repository root::
+Both versions run interleaved round by round with the native kernel, so the ratios are free of
+the run-to-run drift of a noisy machine (which separate runs of ``bench`` are not). The fast
+path's modules (``SWAPPED``: ATen adapters, statistics, kernels, and ``functional.py`` that
+calls them) are loaded as they were at the revision, where they existed; the rest of the
+package is the working tree's. Run from the repository root::
 
     .venv/bin/python benchmarks/ab_kernels.py --rev HEAD~3
     .venv/bin/python benchmarks/ab_kernels.py --rev main --options plain,virtual --rounds 25
@@ -51,15 +52,32 @@ def _import_source(name: str, source: str) -> ModuleType:
     return module
 
 
+# The fast path's modules, lowest layer first (each may import the ones before it).
+SWAPPED = ("_aten", "_statistics", "_kernels", "functional")
+
+
 def functional_at(rev: str) -> ModuleType:
-    """``batchnorm/functional.py`` as it was at ``rev``, calling ``_kernels.py`` as it was."""
-    kernels = _import_source("kernels_at_rev", _source_at(rev, "src/batchnorm/_kernels.py"))
-    current = sys.modules["batchnorm._kernels"]
-    sys.modules["batchnorm._kernels"] = kernels  # what the old functional.py imports
+    """``batchnorm/functional.py`` as it was at ``rev``, calling the fast path as it was."""
+    present = subprocess.run(
+        ["git", "ls-tree", "--name-only", rev, "src/batchnorm/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    saved = {name: sys.modules.get(f"batchnorm.{name}") for name in SWAPPED}
+    loaded: dict[str, ModuleType] = {}
     try:
-        return _import_source("functional_at_rev", _source_at(rev, "src/batchnorm/functional.py"))
+        for name in SWAPPED:
+            if f"src/batchnorm/{name}.py" not in present:
+                continue
+            source = _source_at(rev, f"src/batchnorm/{name}.py")
+            loaded[name] = _import_source(f"{name.strip('_')}_at_rev", source)
+            sys.modules[f"batchnorm.{name}"] = loaded[name]  # what the later ones import
+        return loaded["functional"]
     finally:
-        sys.modules["batchnorm._kernels"] = current
+        for name, module in saved.items():
+            if module is not None:
+                sys.modules[f"batchnorm.{name}"] = module
 
 
 def training_step(

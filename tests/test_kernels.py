@@ -7,13 +7,10 @@ import torch
 
 import batchnorm as bn
 from batchnorm import _reductions
-from batchnorm._kernels import (
-    NormalizeApply,
-    channel_sum,
-    channel_sum_of_squares,
-    native_inference,
-    stats_pass,
-)
+from batchnorm._aten import native_inference
+from batchnorm._kernels import NormalizeApply
+from batchnorm._reductions import channel_sum, channel_sum_of_squares
+from batchnorm._statistics import stats_pass
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import batchnorm as bn
-from batchnorm._kernels import stats_pass
 from batchnorm._moments import compute_moments, pool_groups
+from batchnorm._statistics import stats_pass
 from batchnorm._types import Moments
 from batchnorm.functional import batch_norm
 

@@ -21,8 +21,9 @@ built by autograd from gamma, beta and whatever variant composes into them (see
 :mod:`batchnorm._affine`), so this module never changes when a variant is added: the function
 returns ``dA = sum(dy * x_hat)`` and ``dB = sum(dy)`` and autograd carries them on.
 
-The per-channel sums, and the cache-sized blocks that keep products out of full-size
-temporaries, are :mod:`batchnorm._reductions`.
+The stats pass is :mod:`batchnorm._statistics`; ATen's kernels are presented the input by
+:mod:`batchnorm._aten`; the per-channel sums, and the cache-sized blocks that keep products
+out of full-size temporaries, are :mod:`batchnorm._reductions`.
 
 16-bit inputs (bfloat16, float16) are never copied whole to float32. Unweighted, with a block
 view, ATen's kernels do both forward passes (statistics accumulated in float32, the apply 16-bit
@@ -39,253 +40,21 @@ from math import prod
 import torch
 from torch.autograd.function import once_differentiable
 
-from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, weighted
+from batchnorm._aten import aten_input, native_inference
+from batchnorm._moments import no_nan_divide, weight_total
 from batchnorm._reductions import (
     block_view,
     blocked_channel_sum,
     blocks,
     channel_sum,
-    channel_sum_of_squares,
     combine_blocks,
     from_block_view,
-    keep_shape,
     memory_order,
     scratch_space,
     upcast_blocks,
 )
-from batchnorm._types import Moments
 
-__all__ = [
-    "NormalizeApply",
-    "channel_sum",
-    "channel_sum_of_squares",
-    "native_inference",
-    "stats_pass",
-]
-
-
-def _centered_square(block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
-    deviation = torch.sub(block, mean, out=out)
-    return deviation.mul_(deviation)
-
-
-def stats_pass(
-    x: torch.Tensor, axes: Sequence[int], weights: torch.Tensor | None = None
-) -> Moments:
-    """The stats pass: per-channel count, mean and biased variance, two-pass, without a graph.
-
-    The mean is a per-channel sum; the variance sums ``(x - mean) ** 2``, formed a cache-sized
-    block at a time, so no full-size temporary is made. 16-bit inputs take ATen's statistics
-    kernel or blocks upcast one at a time. ``weights`` (broadcastable to ``x``) give weighted
-    moments. Matches :func:`batchnorm._moments.compute_moments` (the readable statement) to
-    rounding.
-
-    Example:
-        >>> moments = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
-        >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist()
-        ([[2.0, 20.0]], [[1.0, 100.0]])
-    """
-    with torch.no_grad():
-        acc = accumulation_dtype(x.dtype)
-        reduce_dims = [d for d in range(x.dim()) if d not in axes]
-        if x.dtype != acc:
-            if weights is None:
-                moments = _native_moments(x, axes, reduce_dims, acc)
-            else:
-                weights = weights.to(acc)
-                moments = _native_row_moments(x, weights, axes, reduce_dims, acc)
-            return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
-        xs = x.to(acc)
-        count = weight_total(weights, x.shape, reduce_dims).to(acc)
-        if weights is None:
-            mean = channel_sum(xs, axes) / count
-            var = blocked_channel_sum(_centered_square, axes, xs, mean) / count
-        else:
-            weights = weights.to(acc)
-            mean = no_nan_divide(_weighted_channel_sum(axes, xs, weights), count)
-            var = no_nan_divide(_weighted_channel_sum(axes, xs, weights, mean), count)
-            count = count.expand_as(mean)
-    return Moments(count=count, mean=mean, var=var)
-
-
-def _native_moments(
-    x: torch.Tensor, axes: Sequence[int], reduce_dims: Sequence[int], acc: torch.dtype
-) -> Moments | None:
-    """Moments of a 16-bit ``x`` from ATen's statistics kernel, or None without a block view.
-
-    ``aten.batch_norm_update_stats`` reads the 16-bit input twice (mean, then centred squares)
-    and accumulates in float32 when handed float32 running statistics (throw-away buffers,
-    left unchanged by momentum 0). Its accumulation error, measured against float64 at most
-    ``5e-4`` of the standard deviation for the mean and ``2e-4`` relative for the variance on
-    (32, 64, 56, 56) inputs offset by 100, is below the resolution of the 16-bit input itself.
-    """
-    aten_input = _aten_input(x, axes)
-    if aten_input is None:
-        return None
-    block = aten_input[0]
-    keep = keep_shape(x, axes)
-    channels = prod(keep)
-    unused = torch.zeros(channels, dtype=acc, device=x.device)
-    mean, var = torch.ops.aten.batch_norm_update_stats(block, unused, unused.clone(), 0.0)
-    count = weight_total(None, x.shape, reduce_dims).to(acc)
-    return Moments(count=count, mean=mean.view(keep), var=var.view(keep))
-
-
-def _native_row_moments(
-    x: torch.Tensor,
-    weights: torch.Tensor,
-    axes: Sequence[int],
-    reduce_dims: Sequence[int],
-    acc: torch.dtype,
-) -> Moments | None:
-    r"""Weighted moments of a 16-bit ``x`` from ATen's statistics of its weighted rows.
-
-    Per-example weights (``batch_weights``) are constant along the rows of an NCHW input:
-    ATen's statistics kernel gives each row ``r`` (each example and channel) its mean ``m_r``
-    and biased variance ``v_r`` from the 16-bit input in float32 (:func:`_native_moments`),
-    and the rows combine exactly:
-
-    .. math::
-
-        \mu = \frac{\sum_r w_r m_r}{\sum_r w_r}, \quad
-        \sigma^2 = \frac{\sum_r w_r \left(v_r + (m_r - \mu)^2\right)}{\sum_r w_r}
-
-    Zero-weight rows contribute exactly 0 (:func:`batchnorm._moments.weighted`). None unless
-    the weights are constant along some reduced dimensions, vary along the others, and the
-    kept and varying dimensions together have a block view.
-    """
-    varying = [d for d in reduce_dims if weights.dim() == x.dim() and weights.shape[d] != 1]
-    if not varying or len(varying) == len(reduce_dims):
-        return None
-    row_axes = sorted([*axes, *varying])
-    within_rows = [d for d in reduce_dims if d not in varying]
-    rows = _native_moments(x, row_axes, within_rows, acc)
-    if rows is None:
-        return None
-    row_weights = weights.expand_as(rows.mean)
-    total = channel_sum(row_weights, axes)
-    mean = no_nan_divide(channel_sum(weighted(rows.mean, row_weights), axes), total)
-    spread = rows.var + (rows.mean - mean) ** 2
-    var = no_nan_divide(channel_sum(weighted(spread, row_weights), axes), total)
-    count = weight_total(weights, x.shape, reduce_dims).to(acc)
-    return Moments(count=count.expand_as(mean), mean=mean, var=var)
-
-
-def _upcast_moments(
-    x: torch.Tensor,
-    weights: torch.Tensor | None,
-    axes: Sequence[int],
-    reduce_dims: Sequence[int],
-    acc: torch.dtype,
-) -> Moments:
-    r"""(Weighted) moments of a 16-bit ``x`` in ``acc``, in one pass upcasting a block at a time.
-
-    For weights, masks and layouts without a block view; no full-size float32 copy of ``x`` is
-    made. Each block is upcast once; its (weighted) count ``n_b``, mean ``m_b`` and centred
-    sum of squares ``M_b`` come from the ``acc`` sums while it is in cache (two-pass within the
-    block), and the blocks combine exactly (Chan, Golub and LeVeque):
-
-    .. math::
-
-        n = \sum n_b, \quad \mu = \frac{1}{n} \sum n_b m_b, \quad
-        \sigma^2 = \frac{1}{n} \sum \left(M_b + n_b (m_b - \mu)^2\right)
-
-    Blocks along a kept dimension hold different channels and are concatenated instead.
-    """
-    counts, means, squares = [], [], []
-    for _, block, sliced in upcast_blocks(x, acc, [] if weights is None else [weights]):
-        if weights is None:
-            count = weight_total(None, block.shape, reduce_dims).to(acc)
-            mean = channel_sum(block, axes) / count
-            squares.append(channel_sum_of_squares(block.sub_(mean), axes))
-        else:
-            count = weight_total(sliced[0], block.shape, reduce_dims).to(acc)
-            mean = no_nan_divide(_weighted_channel_sum(axes, block, sliced[0]), count)
-            squares.append(_weighted_channel_sum(axes, block, sliced[0], mean))
-        counts.append(count.expand_as(mean))
-        means.append(mean)
-    dim = memory_order(x)[0]
-    count = combine_blocks(counts, dim, axes)
-    if len(means) == 1 or dim in axes:
-        mean, total_squares = combine_blocks(means, dim, axes), combine_blocks(squares, dim, axes)
-    else:
-        weighted_means = [n * m for n, m in zip(counts, means, strict=True)]
-        mean = no_nan_divide(combine_blocks(weighted_means, dim, axes), count)
-        parts = zip(squares, counts, means, strict=True)
-        spreads = [block_squares + n * (m - mean) ** 2 for block_squares, n, m in parts]
-        total_squares = combine_blocks(spreads, dim, axes)
-    var = no_nan_divide(total_squares, count)
-    if weights is None:
-        count = weight_total(None, x.shape, reduce_dims).to(acc)
-    return Moments(count=count, mean=mean, var=var)
-
-
-def _weighted_deviation_square(
-    values: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
-) -> torch.Tensor:
-    return _centered_square(values, mean, out=out).mul_(weights)
-
-
-def _safe_weighted_deviation_square(
-    values: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
-) -> torch.Tensor:
-    return weighted(_centered_square(values, mean, out=out), weights)
-
-
-def _safe_weighted(
-    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
-) -> torch.Tensor:
-    return torch.where(weights != 0, torch.mul(values, weights, out=out), 0.0)
-
-
-def _weighted_channel_sum(
-    axes: Sequence[int],
-    values: torch.Tensor,
-    weights: torch.Tensor,
-    mean: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Per-channel sum of ``weights * values``, or of ``weights * (values - mean) ** 2``.
-
-    The deviations are formed a block at a time in cache, never as a full-size tensor. Plain
-    products first; only if the sum is not finite (a NaN or inf somewhere) is it redone with
-    :func:`batchnorm._moments.weighted`, which makes zero-weight positions contribute exactly
-    0, so masked-out garbage never reaches the statistics either way.
-    """
-    rows = _weighted_rows(axes, values, weights, mean)
-    if rows is not None:
-        return rows
-    operands = (values, weights) if mean is None else (values, weights, mean)
-    plain = torch.mul if mean is None else _weighted_deviation_square
-    total = blocked_channel_sum(plain, axes, *operands)
-    if bool(torch.isfinite(total).all()):
-        return total
-    safe = _safe_weighted if mean is None else _safe_weighted_deviation_square
-    return blocked_channel_sum(safe, axes, *operands)
-
-
-def _weighted_rows(
-    axes: Sequence[int],
-    values: torch.Tensor,
-    weights: torch.Tensor,
-    mean: torch.Tensor | None,
-) -> torch.Tensor | None:
-    """The weighted channel sum with the dimensions where the weights are constant summed first.
-
-    Per-example weights (``batch_weights``, or a mask constant over some dimensions) share one
-    weight across whole rows of the input: sum those rows (or their squared deviations) with
-    the unweighted kernels, then weight the much smaller table. None when the weights vary
-    along every reduced dimension.
-    """
-    reduce_dims = [d for d in range(values.dim()) if d not in axes]
-    varying = [d for d in reduce_dims if weights.shape[d] != 1]
-    if weights.dim() != values.dim() or len(varying) == len(reduce_dims):
-        return None
-    kept = sorted([*axes, *varying])
-    if mean is None:
-        rows = channel_sum(values, kept)
-    else:
-        rows = blocked_channel_sum(_centered_square, kept, values, mean)
-    return channel_sum(weighted(rows, weights), axes)
+__all__ = ["NormalizeApply"]
 
 
 class NormalizeApply(torch.autograd.Function):
@@ -315,6 +84,7 @@ class NormalizeApply(torch.autograd.Function):
     Not twice differentiable (``once_differentiable``); the reference path is.
 
     Example:
+        >>> from batchnorm._statistics import stats_pass
         >>> x = torch.tensor([[1.0], [3.0]], requires_grad=True)
         >>> moments = stats_pass(x, [1])
         >>> one, zero = torch.ones(1, 1), torch.zeros(1, 1)
@@ -516,19 +286,19 @@ def _native_backward(
     axes: tuple[int, ...],
     needs: tuple[bool, bool, bool],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """``aten.native_batch_norm_backward`` over ``x`` as ATen takes it (:func:`_aten_input`).
+    """``aten.native_batch_norm_backward`` on ``x`` as ATen takes it (:mod:`batchnorm._aten`).
 
     ATen's kernel computes exactly our backward given ``save_mean = mean``,
     ``save_invstd = invstd`` and ``weight = scale``: ``dx``, ``sum(dy * x_hat)``, ``sum(dy)``,
     with ``x - mean`` formed before the products (no cancellation). None when ``x`` has no
     block view (kept axes apart in memory, or not dense).
     """
-    aten_x = _aten_input(x, axes)
+    aten_x = aten_input(x, axes)
     if aten_x is None:
         return None
     if dy.stride() != x.stride():
         dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
-    aten_dy = _aten_input(dy, axes)
+    aten_dy = aten_input(dy, axes)
     if aten_dy is None:
         return None
     (block, restore), (dy_block, _) = aten_x, aten_dy
@@ -710,71 +480,3 @@ def _triple_product(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, out: torch.Tensor
 ) -> torch.Tensor:
     return torch.mul(a, b, out=out).mul_(c)
-
-
-def _aten_input(
-    x: torch.Tensor, axes: Sequence[int]
-) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """``x`` as ATen's batch-norm kernels take it, channels on dimension 1, and what to restore.
-
-    Contiguous inputs with channels on dimension 1 (``(N, C)`` to ``(N, C, D, H, W)``) and
-    channels_last inputs (rank 4 or 5) go as they are (channels_last measured about 0.3 ms
-    faster per (32, 64, 56, 56) call than as a matrix); every other layout as its block view
-    ``(outer, channels, inner)``, or ``(outer, channels)`` when the channels are innermost,
-    with ``x`` returned to restore an output's shape and strides. None without a block view
-    or for an empty ``x``. channels_last goes as it is only when no dimension has size 1:
-    ATen's backward returns permuted gradients for inputs whose strides merely look
-    channels_last.
-    """
-    if x.numel() == 0:  # ATen's kernels reject zero channels; the torch ops take them
-        return None
-    if tuple(axes) == (1,) and 2 <= x.dim() <= 5:
-        if x.is_contiguous():
-            return x, None
-        channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-        if channels_last and min(x.shape) > 1 and x.is_contiguous(memory_format=channels_last):
-            return x, None
-    view = block_view(x, axes)
-    if view is None:
-        return None
-    return (view[:, :, 0] if view.shape[2] == 1 else view), x
-
-
-def native_inference(
-    x: torch.Tensor,
-    axes: Sequence[int],
-    moving_mean: torch.Tensor,
-    moving_variance: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-) -> torch.Tensor | None:
-    """Inference through ``torch.nn.functional.batch_norm`` over the block view of ``x``.
-
-    One pass, ATen's own kernel and its autograd; the per-channel tensors may have any shape
-    with ``C`` elements. None when ``x`` has no block view (kept axes apart in memory).
-
-    Example:
-        >>> x = torch.tensor([[1.0], [3.0]])
-        >>> native_inference(x, [1], torch.ones(1), torch.ones(1), None, None, 0.0).tolist()
-        [[0.0], [2.0]]
-    """
-    aten_input = _aten_input(x, axes)
-    if aten_input is None:
-        return None
-    block, restore = aten_input
-    acc = accumulation_dtype(x.dtype)  # ATen takes 16-bit inputs with float32 statistics
-
-    def flat(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.reshape(-1).to(acc)
-
-    y = torch.nn.functional.batch_norm(
-        block,
-        flat(moving_mean),
-        flat(moving_variance),
-        flat(gamma),
-        flat(beta),
-        training=False,
-        eps=epsilon,
-    )
-    return y if restore is None else from_block_view(y, restore)

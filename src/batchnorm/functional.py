@@ -27,6 +27,7 @@ from batchnorm._affine import (
     renorm_correction,
     updated_statistics,
 )
+from batchnorm._aten import native_inference
 from batchnorm._axes import AxisArgument, ChannelLayout
 from batchnorm._errors import (
     check,
@@ -37,9 +38,10 @@ from batchnorm._errors import (
     check_virtual_batch,
     fail,
 )
-from batchnorm._kernels import NormalizeApply, native_inference, stats_pass
+from batchnorm._kernels import NormalizeApply
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
 from batchnorm._reference import reference_normalize_apply
+from batchnorm._statistics import stats_pass
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
 from batchnorm._types import Affine, Moments
 
