@@ -110,7 +110,14 @@ class NormalizeApply(torch.autograd.Function):
         ctx.axes = axes
         ctx.shapes = (scale.shape, shift.shape)
         ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
-        return _apply(x, mean, invstd, invstd * scale, shift, axes)
+        x_scale = invstd * scale
+        per_kept = _broadcasts_to(mean.shape, x_scale.shape, shift.shape)
+        # The fold check synchronises: taken once here and kept for the backward apply.
+        ctx.within_limit = None
+        if per_kept and x.dtype == mean.dtype:
+            ctx.within_limit = _folds_within_limit(mean, invstd)
+        fold = per_kept and (x.dtype != mean.dtype or ctx.within_limit)
+        return _apply(x, mean, x_scale, shift, axes, fold)
 
     @staticmethod
     @once_differentiable
@@ -120,24 +127,34 @@ class NormalizeApply(torch.autograd.Function):
         need_x, need_scale, need_shift = ctx.needs
         scale_shape, shift_shape = ctx.shapes
         result = None
-        if _per_kept_index(scale_shape, mean) and _per_kept_index(shift_shape, mean):
+        if _broadcasts_to(mean.shape, scale_shape, shift_shape):
+            if dy.stride() != x.stride():  # once, for every pass below to read alike
+                dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
             # Per channel, possibly shared across ghost groups: the kernels take the scale
             # expanded to every kept index, and their sums fold back onto the shared shape.
             per_kept_scale = scale.expand(mean.shape)
-            if weights is None:
-                result = _native_backward(x, dy, mean, invstd, per_kept_scale, ctx.axes, ctx.needs)
-            if result is None:
-                # Weighted, or no block view: the (unweighted) sums from ATen's reduce where it
-                # fits, else a block at a time; then the apply carries the weights.
-                sums = _native_backward(
-                    x, dy, mean, invstd, per_kept_scale, ctx.axes, (False, True, True)
+            # Unweighted, ATen's kernel does it all; weighted, only its (unweighted) sums.
+            needs = ctx.needs if weights is None else (False, True, True)
+            result = _native_backward(x, dy, mean, invstd, per_kept_scale, ctx.axes, needs)
+            if result is None:  # no block view: the same sums a block at a time
+                result = _blocked_sums(x, dy, mean, invstd, ctx.axes)
+            if result[0] is None and need_x:  # the apply that carries the weights
+                _, sum_dy_x_hat, sum_dy = result
+                within_limit = ctx.within_limit
+                if within_limit is None:
+                    within_limit = _folds_within_limit(mean, invstd)
+                dx = _input_gradient(
+                    x,
+                    dy,
+                    weights,
+                    mean,
+                    invstd,
+                    per_kept_scale,
+                    sum_dy,
+                    sum_dy_x_hat,
+                    ctx.axes,
+                    within_limit,
                 )
-                _, sum_dy_x_hat, sum_dy = sums or _blocked_sums(x, dy, mean, invstd, ctx.axes)
-                dx = None
-                if need_x:
-                    dx = _input_gradient(
-                        x, dy, weights, mean, invstd, per_kept_scale, sum_dy, sum_dy_x_hat, ctx.axes
-                    )
                 result = dx, sum_dy_x_hat, sum_dy
         dx, dscale, dshift = result or _composite_backward(
             x, dy, weights, mean, invstd, scale, shift_shape, ctx.axes
@@ -162,14 +179,15 @@ FOLD_LIMIT = 8.0
 def _apply(
     x: torch.Tensor,
     mean: torch.Tensor,
-    invstd: torch.Tensor,
     x_scale: torch.Tensor,
     shift: torch.Tensor,
     axes: tuple[int, ...],
+    fold: bool,
 ) -> torch.Tensor:
     r"""The apply pass read straight from ``x``: ``y = (x - mean) \cdot x\_scale + shift``.
 
-    Where ``x_scale`` and ``shift`` are per kept index, one pass in the folded form
+    With ``fold`` (``x_scale`` and ``shift`` per kept index, and for float inputs the mean
+    within ``FOLD_LIMIT``; see :meth:`NormalizeApply.forward`), one pass in the folded form
     ``x \cdot a + (shift - mean \cdot a)``, as ATen and TensorFlow compute it: ATen's inference
     kernel for 16-bit inputs and NCHW rows (given ``running_var = 1, eps = 0``, so its own
     ``invstd`` is exactly 1; 16-bit in and out with float32 arithmetic), one ``addcmul``
@@ -185,9 +203,8 @@ def _apply(
     does. 16-bit inputs always fold: the error stays below their output's own rounding unless
     ``|mean| / \sigma > 2^{15}``, a spread the 16-bit input cannot resolve.
     """
-    per_kept = _per_kept_index(x_scale.shape, mean) and _per_kept_index(shift.shape, mean)
     sixteen_bit = x.dtype != mean.dtype
-    if per_kept and (sixteen_bit or _folds_within_limit(mean, invstd)):
+    if fold:
         view = block_view(x, axes)
         if view is not None and (sixteen_bit or view.shape[2] > 1):
             y = native_inference(
@@ -210,13 +227,13 @@ def _apply(
         return torch.addcmul(shift, x - mean, x_scale)
     if not _broadcasts_to(x.shape, mean.shape, x_scale.shape, shift.shape):
         return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
-    if per_kept:  # folded here too, as ATen's kernel folds where there is a block view
+    if fold:  # folded here too, as ATen's kernel folds where there is a block view
         shift = shift - mean * x_scale
     y = torch.empty_like(x)
     for _, block, (out, block_mean, block_scale, block_shift) in upcast_blocks(
         x, mean.dtype, (y, mean, x_scale, shift)
     ):
-        if not per_kept:
+        if not fold:
             block.sub_(block_mean)
         out.copy_(_scale_and_shift(block, block_scale, block_shift, out=block))
     return y
@@ -269,14 +286,6 @@ def _scale_and_shift(
     return torch.addcmul(shift, t, scale, out=out)
 
 
-def _per_kept_index(shape: torch.Size, mean: torch.Tensor) -> bool:
-    """Whether a tensor of ``shape`` varies at most along the kept dimensions of ``mean``."""
-    if len(shape) > mean.dim():
-        return False
-    padded = (1,) * (mean.dim() - len(shape)) + tuple(shape)
-    return all(size in (1, kept) for size, kept in zip(padded, mean.shape, strict=True))
-
-
 def _native_backward(
     x: torch.Tensor,
     dy: torch.Tensor,
@@ -290,14 +299,13 @@ def _native_backward(
 
     ATen's kernel computes exactly our backward given ``save_mean = mean``,
     ``save_invstd = invstd`` and ``weight = scale``: ``dx``, ``sum(dy * x_hat)``, ``sum(dy)``,
-    with ``x - mean`` formed before the products (no cancellation). None when ``x`` has no
-    block view (kept axes apart in memory, or not dense).
+    with ``x - mean`` formed before the products (no cancellation). ``dy`` must have ``x``'s
+    strides (the caller copies it once). None when ``x`` has no block view (kept axes apart in
+    memory, or not dense).
     """
     aten_x = aten_input(x, axes)
     if aten_x is None:
         return None
-    if dy.stride() != x.stride():
-        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
     aten_dy = aten_input(dy, axes)
     if aten_dy is None:
         return None
@@ -339,8 +347,6 @@ def _blocked_sums(
     scratch. Shaped like :func:`_native_backward`'s result, without ``dx``.
     """
     acc = mean.dtype
-    if dy.stride() != x.stride():
-        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
     sums_dy, sums_dy_centered = [], []
     for _, (x_block, dy_block, block_mean) in blocks(x, (x, dy, mean)):
         dy_up = _in_acc(dy_block, acc, "upcast dy")
@@ -363,6 +369,7 @@ def _input_gradient(
     sum_dy: torch.Tensor,
     sum_dy_x_hat: torch.Tensor,
     axes: Sequence[int],
+    within_limit: bool,
 ) -> torch.Tensor:
     r"""The backward apply for a per-kept-index ``scale``, a cache-sized block at a time.
 
@@ -379,8 +386,6 @@ def _input_gradient(
     mean into the shift: ``dx = A \sigma^{-1} dy + x c_1 + (c_0 - \mu c_1)``.
     """
     acc = mean.dtype
-    if dy.stride() != x.stride():
-        dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
     reduce_dims = [d for d in range(x.dim()) if d not in axes]
     total = weight_total(weights, x.shape, reduce_dims).to(acc)
     dy_scale = scale * invstd
@@ -390,8 +395,7 @@ def _input_gradient(
         # Weights constant along rows (per example): folded into per-row coefficients, one
         # full-size multiply fewer.
         c0, c1, weights = weights * c0, weights * c1, None
-    folded = _folds_within_limit(mean, invstd)
-    if folded:  # c0 + (x - mean) c1 as x c1 + (c0 - mean c1): one full-size subtraction fewer
+    if within_limit:  # c0 + (x - mean) c1 as x c1 + (c0 - mean c1): one full-size subtraction fewer
         c0 = c0 - mean * c1
     dx = torch.empty_like(x)
     others = (dx, dy, mean, c0, c1, dy_scale) + (() if weights is None else (weights,))
@@ -399,7 +403,7 @@ def _input_gradient(
         block_mean, block_c0, block_c1, block_dy_scale, *block_weights = per_channel
         x_acc = _in_acc(x_block, acc, "upcast")
         out = dx_block if dx_block.dtype == acc else x_acc  # 16-bit: in place in the upcast
-        if folded:
+        if within_limit:
             _scale_and_shift(x_acc, block_c1, block_c0, out=out)
         else:
             torch.sub(x_acc, block_mean, out=out)
