@@ -63,14 +63,9 @@ def _block_plan(
     shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
 ) -> tuple[tuple[int, ...] | None, tuple[int, int, int]] | None:
     """The permutation (None if the identity) and sizes of :func:`block_view`, or None."""
-    if prod(shape) == 0:
-        return None
     order = _order(strides)
-    expected = 1
-    for d in reversed(order):  # dense in this order (size-1 dimensions have any stride)
-        if shape[d] != 1 and strides[d] != expected:
-            return None
-        expected *= shape[d]
+    if not _dense(shape, strides, order):
+        return None
     positions = [order.index(a) for a in sorted(axes)]
     first, last = positions[0], positions[-1]
     if positions != list(range(first, last + 1)):
@@ -78,6 +73,19 @@ def _block_plan(
     sizes = [shape[d] for d in order]
     view = (prod(sizes[:first]), prod(sizes[first : last + 1]), prod(sizes[last + 1 :]))
     return (None if order == tuple(range(len(shape))) else order), view
+
+
+def _dense(shape: tuple[int, ...], strides: tuple[int, ...], order: Sequence[int]) -> bool:
+    """Whether a non-empty tensor packs its elements in ``order`` with no gaps.
+
+    Each stride is the product of the sizes inside it; size-1 dimensions may have any stride.
+    """
+    expected = 1
+    for d in reversed(order):
+        if shape[d] != 1 and strides[d] != expected:
+            return False
+        expected *= shape[d]
+    return expected != 0
 
 
 def from_block_view(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -125,12 +133,7 @@ def _sum_plan(
     """
     rank = len(shape)
     order = list(_order(strides))
-    expected = 1
-    for d in reversed(order):  # dense, in this order: each stride the product of the inner sizes
-        if shape[d] != 1 and strides[d] != expected:
-            return None
-        expected *= shape[d]
-    if expected == 0:
+    if not _dense(shape, strides, order):
         return None
     runs: list[int] = []
     kept: list[bool] = []

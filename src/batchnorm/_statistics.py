@@ -121,8 +121,8 @@ def _native_row_moments(
     the weights are constant along some reduced dimensions, vary along the others, and the
     kept and varying dimensions together have a block view.
     """
-    varying = [d for d in reduce_dims if weights.dim() == x.dim() and weights.shape[d] != 1]
-    if not varying or len(varying) == len(reduce_dims):
+    varying = _varying_dims(weights, x, reduce_dims)
+    if not varying:
         return None
     row_axes = sorted([*axes, *varying])
     within_rows = [d for d in reduce_dims if d not in varying]
@@ -244,8 +244,8 @@ def _weighted_rows(
     along every reduced dimension.
     """
     reduce_dims = [d for d in range(values.dim()) if d not in axes]
-    varying = [d for d in reduce_dims if weights.shape[d] != 1]
-    if weights.dim() != values.dim() or len(varying) == len(reduce_dims):
+    varying = _varying_dims(weights, values, reduce_dims)
+    if varying is None:
         return None
     kept = sorted([*axes, *varying])
     if mean is None:
@@ -253,3 +253,17 @@ def _weighted_rows(
     else:
         rows = blocked_channel_sum(_centered_square, kept, values, mean)
     return channel_sum(weighted(rows, weights), axes)
+
+
+def _varying_dims(
+    weights: torch.Tensor, x: torch.Tensor, reduce_dims: Sequence[int]
+) -> list[int] | None:
+    """The reduced dimensions the weights vary along, or None if they vary along every one.
+
+    The weights are constant along the others, so rows of ``x`` over those can be summed
+    before weighting. None too when ``weights`` has a lower rank than ``x``.
+    """
+    if weights.dim() != x.dim():
+        return None
+    varying = [d for d in reduce_dims if weights.shape[d] != 1]
+    return None if len(varying) == len(reduce_dims) else varying
