@@ -265,6 +265,37 @@ def test_sixteen_bit_output_with_a_per_element_shift_matches_float64():
     torch.testing.assert_close(y.double(), want, rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.parametrize("layout", sorted(SIXTEEN_BIT_LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_inference_is_one_fold_with_or_without_autograd(layout, dtype):
+    """The same numbers whether autograd records or not, and float64's to the output's rounding.
+
+    Without a graph the fold goes through ``folded_apply`` (``addcmul`` where channels are
+    innermost, ATen's kernel on NCHW rows and 16-bit inputs); with one, through ATen's kernel
+    or the same ``addcmul`` in autograd. A path that folded differently (``1 / sqrt`` against
+    ``rsqrt``, or ``gamma`` applied after the shift) breaks the exact equality.
+    """
+    generator = torch.Generator().manual_seed(11)
+    make, axes = SIXTEEN_BIT_LAYOUTS[layout]
+    x = make(torch.randn(6, 4, 5, 3, generator=generator) * 3 + 2).to(dtype)
+    shape = [x.shape[d] if d in axes else 1 for d in range(x.dim())]
+    mean, var, gamma, beta = (torch.randn(shape, generator=generator) for _ in range(4))
+    var = var.abs() + 0.5
+    stats = [t.flatten() if len(axes) == 1 else t for t in (mean, var, gamma, beta)]
+    call = {"training": False, "axis": list(axes), "epsilon": 1e-3}
+    with torch.no_grad():
+        plain = bn.functional.batch_norm(x, *stats, **call).output
+    gamma_grad = stats[2].clone().requires_grad_()
+    recorded = bn.functional.batch_norm(x, *stats[:2], gamma_grad, stats[3], **call).output
+    assert recorded.requires_grad
+    torch.testing.assert_close(plain, recorded.detach(), rtol=0, atol=0)
+    assert plain.dtype == dtype and plain.stride() == x.stride()
+    want = (x.double() - mean.double()) * torch.rsqrt(var.double() + 1e-3) * gamma.double()
+    want = want + beta.double()
+    rtol = 2**-7 if dtype == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(plain.double(), want, rtol=rtol, atol=rtol * 10)
+
+
 def test_inference_gradient_for_strides_that_only_look_channels_last():
     """(1, 2, 2, 1) with strides (4, 1, 2, 1): ATen's own 4-D kernel permutes this gradient."""
     x = torch.randn(1, 2, 2, 1, dtype=torch.float64).permute(0, 2, 1, 3).contiguous()

@@ -76,26 +76,14 @@ class ChannelLayout:
 
         """
         raw = validate_axis_argument(axis)
-        shape = tuple(int(size) for size in input_shape)
-        rank = len(shape)
-        # Messages are formatted only for an error: this runs on every call.
-        if rank < 2:
-            raise fail(
-                "input rank",
-                rank,
-                f"2 or more (input shape {shape}); batch norm needs a batch axis and a channel "
-                "axis",
-            )
-        listed = (raw,) if isinstance(raw, int) else raw
-        axes = []
-        for entry in listed:
-            if not -rank <= entry < rank:
-                raise fail("axis", axis, f"values in [{-rank}, {rank}) for rank {rank}")
-            axes.append(entry % rank)
-        check(len(set(axes)) == len(axes), "axis", axis, "no duplicate axes")
-        if len(axes) >= rank:
-            raise fail("axis", axis, f"to leave at least one axis of {shape} to reduce")
-        return cls(input_shape=shape, axes=tuple(axes), raw_axis=raw)
+        key = (raw, tuple(input_shape))
+        layout = _LAYOUTS.get(key)
+        if layout is None:  # layouts are immutable: one per (axis, shape), reused
+            layout = _checked_layout(axis, raw, key[1])
+            if len(_LAYOUTS) >= _MAX_LAYOUTS:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = layout
+        return layout
 
     @property
     def rank(self) -> int:
@@ -150,4 +138,32 @@ class ChannelLayout:
                     shape[d],
                     f"{self.input_shape[d]} channels on axis {d}, as built",
                 )
-        return ChannelLayout(input_shape=shape, axes=self.axes, raw_axis=self.raw_axis)
+        return ChannelLayout.from_axis(self.raw_axis, shape)
+
+
+_LAYOUTS: dict[tuple[int | tuple[int, ...], tuple[int, ...]], ChannelLayout] = {}
+_MAX_LAYOUTS = 256
+
+
+def _checked_layout(
+    axis: AxisArgument, raw: int | tuple[int, ...], input_shape: tuple[int, ...]
+) -> ChannelLayout:
+    """The layout of :meth:`ChannelLayout.from_axis`; errors name ``axis`` as the user gave it."""
+    shape = tuple(int(size) for size in input_shape)
+    rank = len(shape)
+    if rank < 2:
+        raise fail(
+            "input rank",
+            rank,
+            f"2 or more (input shape {shape}); batch norm needs a batch axis and a channel axis",
+        )
+    listed = (raw,) if isinstance(raw, int) else raw
+    axes = []
+    for entry in listed:
+        if not -rank <= entry < rank:
+            raise fail("axis", axis, f"values in [{-rank}, {rank}) for rank {rank}")
+        axes.append(entry % rank)
+    check(len(set(axes)) == len(axes), "axis", axis, "no duplicate axes")
+    if len(axes) >= rank:
+        raise fail("axis", axis, f"to leave at least one axis of {shape} to reduce")
+    return ChannelLayout(input_shape=shape, axes=tuple(axes), raw_axis=raw)

@@ -7,6 +7,7 @@ tells the user what to change without reading our source.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
@@ -49,7 +50,12 @@ def check(condition: bool, argument: str, value: Any, expected: str) -> None:
         raise fail(argument, value, expected)
 
 
+_LARGEST_FLOAT = sys.float_info.max
+
+
 def _check_float(value: Any, argument: str, low: float, high: float | None) -> float:
+    if type(value) is float and low <= value <= (high if high is not None else _LARGEST_FLOAT):
+        return value  # the common case, without the abstract-class check (every call)
     is_number = isinstance(value, Real) and not isinstance(value, bool)
     number = float(value) if is_number else float("nan")
     in_range = low <= number and (number <= high if high is not None else number < float("inf"))

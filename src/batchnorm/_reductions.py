@@ -22,6 +22,7 @@ __all__ = [
     "BLOCK_ELEMENTS",
     "ScratchSpace",
     "block_view",
+    "block_view_sizes",
     "blocked_channel_sum",
     "blocks",
     "channel_sum",
@@ -56,6 +57,12 @@ def block_view(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor | None:
         return None
     order, sizes = plan
     return (t if order is None else t.permute(order)).view(sizes)
+
+
+def block_view_sizes(t: torch.Tensor, axes: Sequence[int]) -> tuple[int, int, int] | None:
+    """The shape :func:`block_view` would give ``t``, without making the view; None likewise."""
+    plan = _block_plan(tuple(t.shape), t.stride(), tuple(axes))
+    return None if plan is None else plan[1]
 
 
 @functools.lru_cache(maxsize=256)

@@ -38,7 +38,12 @@ from batchnorm._errors import (
     check_virtual_batch,
     fail,
 )
-from batchnorm._kernels import NormalizeApply
+from batchnorm._kernels import (
+    NormalizeApply,
+    aten_applies_faster,
+    folded_apply,
+    scale_and_shift,
+)
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._statistics import stats_pass
@@ -167,7 +172,10 @@ def _per_channel(
     tensor: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype
 ) -> torch.Tensor | None:
     """A checked per-channel tensor viewed to ``shape`` (its broadcast shape), in ``dtype``."""
-    return None if tensor is None else tensor.reshape(shape).to(dtype)
+    if tensor is None:
+        return None
+    viewed = tensor.reshape(shape)
+    return viewed if viewed.dtype == dtype else viewed.to(dtype)
 
 
 def _example_weights(
@@ -259,11 +267,14 @@ def _inference_output(
 ) -> torch.Tensor:
     """Inference output: one pass (fast) or the steps written out (reference).
 
-    The fast path is ATen's inference kernel wherever the layout has a block view, else the
-    moving statistics folded into one ``x * scale + shift``; the reference path normalises
-    with them explicitly.
+    The fast path is one pass: ATen's inference kernel (and its backward) where it is the
+    faster one (:func:`batchnorm._kernels.aten_applies_faster`: 16-bit inputs, NCHW rows);
+    elsewhere the moving statistics folded into ``x * scale + shift``
+    (:func:`batchnorm._affine.inference_affine`) and applied in one pass
+    (:func:`batchnorm._kernels.folded_apply`, or the same ops in autograd when an input needs
+    a gradient). The reference path normalises with the moving statistics explicitly.
     """
-    if fast:
+    if fast and aten_applies_faster(x, layout.axes):
         native = native_inference(
             x, layout.axes, moving_mean, moving_variance, gamma, beta, epsilon
         )
@@ -271,8 +282,8 @@ def _inference_output(
             return native
     acc = accumulation_dtype(x.dtype)
     shape = layout.broadcast_shape
-    mean = moving_mean.reshape(shape).to(acc)
-    var = moving_variance.reshape(shape).to(acc)
+    mean = _per_channel(moving_mean, shape, acc)
+    var = _per_channel(moving_variance, shape, acc)
     output = gamma_beta_affine(
         _per_channel(gamma, shape, acc),
         _per_channel(beta, shape, acc),
@@ -280,7 +291,13 @@ def _inference_output(
     )
     if fast:
         folded = inference_affine(mean, var, epsilon, output)
-        return torch.addcmul(folded.shift, x.to(acc), folded.scale).to(x.dtype)
+        records = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (x, moving_mean, moving_variance, gamma, beta)
+        )
+        if not records:
+            return folded_apply(x, layout.axes, *folded)
+        return scale_and_shift(x.to(acc), *folded).to(x.dtype)
     frozen = Moments(count=torch.ones((), dtype=acc), mean=mean, var=var)
     return reference_normalize_apply(x, frozen, invstd(var, epsilon), output)
 
