@@ -288,6 +288,8 @@ def _broadcasts_to(target: torch.Size, *shapes: torch.Size) -> bool:
         True
     """
     for shape in shapes:
+        if shape == target:
+            continue
         if len(shape) > len(target):
             return False
         tail = target[len(target) - len(shape) :]

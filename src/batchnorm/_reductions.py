@@ -97,9 +97,25 @@ def _dense(shape: tuple[int, ...], strides: tuple[int, ...], order: Sequence[int
 
 def from_block_view(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Undo :func:`block_view`: ``block`` reshaped to ``like``'s shape and strides."""
-    order = memory_order(like)
-    in_memory_order = block.reshape([like.shape[d] for d in order])
-    return in_memory_order.permute([order.index(d) for d in range(like.dim())])
+    return _viewed_like(block, like)
+
+
+def _viewed_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``flat`` (``like.numel()`` elements in memory order) with ``like``'s shape and strides."""
+    shape, to_logical = _layout_plan(tuple(like.shape), like.stride())
+    in_memory_order = flat.reshape(shape)
+    return in_memory_order if to_logical is None else in_memory_order.permute(to_logical)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout_plan(
+    shape: tuple[int, ...], strides: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Sizes in memory order, and the permutation back to logical order (None: identity)."""
+    order = _order(strides)
+    to_logical = tuple(order.index(d) for d in range(len(shape)))
+    identity = to_logical == tuple(range(len(shape)))
+    return tuple(shape[d] for d in order), None if identity else to_logical
 
 
 def keep_shape(t: torch.Tensor, axes: Sequence[int]) -> tuple[int, ...]:
@@ -115,8 +131,8 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
 
     """
     plan = _sum_plan(tuple(t.shape), t.stride(), tuple(axes))
-    if plan is None:
-        reduce_dims = [d for d in range(t.dim()) if d not in axes]
+    if plan is None or isinstance(plan, list):  # not dense, or one sum does it
+        reduce_dims = plan or [d for d in range(t.dim()) if d not in axes]
         return t.sum(dim=reduce_dims, keepdim=True)
     order, runs, reduced_runs, kept_sizes, to_logical, keep = plan
     total = (t if order is None else t.permute(order)).view(runs)
@@ -129,19 +145,23 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
 @functools.lru_cache(maxsize=256)
 def _sum_plan(
     shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
-) -> tuple | None:
+) -> tuple | list[int] | None:
     """How :func:`channel_sum` reduces a tensor of this shape and strides; None if not dense.
 
     Memory-adjacent dimensions coalesce into alternating kept/reduced runs, reduced innermost
     first: each sum is a contiguous row sum or a sum over a middle dimension with contiguous
     columns, both fast, where one multi-dimension sum is not (ghost batches on channels_last
     inputs keep (group, channel) with (height, width) between them). Permutations that are
-    the identity are None.
+    the identity are None. A contiguous tensor with one reduced dimension is already such a
+    sum: its plan is that dimension, in a list.
     """
     rank = len(shape)
     order = list(_order(strides))
     if not _dense(shape, strides, order):
         return None
+    reduced = [d for d in range(rank) if d not in axes]
+    if len(reduced) == 1 and order == list(range(rank)):
+        return reduced
     runs: list[int] = []
     kept: list[bool] = []
     for d in order:
@@ -215,9 +235,7 @@ class ScratchSpace(threading.local):
                 max(block.numel(), BLOCK_ELEMENTS), dtype=dtype, device=block.device
             )
             self.buffers[key] = buffer
-        order = memory_order(block)
-        in_memory_order = buffer[: block.numel()].view([block.shape[d] for d in order])
-        return in_memory_order.permute([order.index(d) for d in range(block.dim())])
+        return _viewed_like(buffer[: block.numel()], block)
 
 
 scratch_space = ScratchSpace()
@@ -244,6 +262,9 @@ def blocked_channel_sum(
         [20.0, 35.0]
     """
     first = tensors[0]
+    if first.numel() <= BLOCK_ELEMENTS:  # one block: the products fill the scratch once
+        out = scratch_space.like(first, dtype or first.dtype)
+        return channel_sum(product(*tensors, out=out), axes)
     scratch = None
     parts = []
     for dim, sliced in blocks(first, tensors):

@@ -63,11 +63,12 @@ def stats_pass(
                 moments = _native_row_moments(x, weights, axes, reduce_dims, acc)
             return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
         xs = x.to(acc)
-        count = weight_total(weights, x.shape, reduce_dims).to(acc)
         if weights is None:
+            count = torch.full((), prod(x.shape[d] for d in reduce_dims), dtype=acc)
             mean = channel_sum(xs, axes) / count
             var = blocked_channel_sum(_centered_square, axes, xs, mean) / count
         else:
+            count = weight_total(weights, x.shape, reduce_dims).to(acc)
             weights = weights.to(acc)
             mean = no_nan_divide(_weighted_channel_sum(axes, xs, weights), count)
             var = no_nan_divide(_weighted_channel_sum(axes, xs, weights, mean), count)

@@ -229,14 +229,18 @@ def _output_affine(
     x: torch.Tensor,
     view: _View,
     pooled: Moments,
-    like: torch.Tensor,
     gamma: torch.Tensor | None,
     beta: torch.Tensor | None,
     epsilon: float,
     renorm_state: tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]] | None,
     adjustment: Adjustment | None,
 ) -> Affine:
-    """Compose ``x_hat -> ((x_hat * r + d) * adj_scale + adj_bias) * gamma + beta``."""
+    """Compose ``x_hat -> ((x_hat * r + d) * adj_scale + adj_bias) * gamma + beta``.
+
+    ``pooled`` are the (detached) batch moments, per channel: renorm's input, and the shape,
+    dtype and device of the per-channel maps.
+    """
+    like = pooled.mean
     output = gamma_beta_affine(gamma, beta, like=like)
     if adjustment is not None:
         adj_scale, adj_bias = adjustment(x.shape)
@@ -477,20 +481,23 @@ def batch_norm(
     shape = view.param_shape
     gamma_v = _per_channel(gamma, shape, acc)
     beta_v = _per_channel(beta, shape, acc)
-    like = torch.zeros(shape, dtype=acc, device=x.device)
 
     if layout.reduced_count == 0:
         # An empty batch: nothing to learn from. The output is empty; gradients are zeros (the
         # normalisation runs with moments (0, 0)); the moving statistics are left alone.
-        empty = Moments(torch.zeros((), dtype=acc), like, like)
-        output = gamma_beta_affine(gamma_v, beta_v, like=like)
-        y = reference_normalize_apply(xv, empty, invstd(like, epsilon), output)
+        zeros = torch.zeros(shape, dtype=acc, device=x.device)
+        empty = Moments(torch.zeros((), dtype=acc), zeros, zeros)
+        output = gamma_beta_affine(gamma_v, beta_v, like=zeros)
+        y = reference_normalize_apply(xv, empty, invstd(zeros, epsilon), output)
         return BatchNormResult(y.reshape(x.shape), {})
 
-    reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
-    moments = stats_pass(xv, view.axes, wv) if fast else compute_moments(xv, reduce_dims, wv)
+    if fast:  # the stats pass builds no graph
+        moments = stats_pass(xv, view.axes, wv)
+    else:
+        reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
+        moments = compute_moments(xv, reduce_dims, wv)
     pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
-    detached = Moments(*(t.detach() for t in pooled))
+    detached = pooled if fast else Moments(*(t.detach() for t in pooled))
     renorm_state = None
     if renorm:
         renorm_state = (
@@ -498,9 +505,7 @@ def batch_norm(
             _per_channel(renorm_stddev, shape, acc),
             clipping,
         )
-    output = _output_affine(
-        x, view, detached, like, gamma_v, beta_v, epsilon, renorm_state, adjustment
-    )
+    output = _output_affine(x, view, detached, gamma_v, beta_v, epsilon, renorm_state, adjustment)
     inv = invstd(moments.var, epsilon)
     if fast:
         y = NormalizeApply.apply(xv, wv, moments.mean, inv, output.scale, output.shift, view.axes)
