@@ -2,12 +2,13 @@
 
 Both versions run interleaved round by round with the native kernel, so the ratios are free of
 the run-to-run drift of a noisy machine (which separate runs of ``bench`` are not). The fast
-path's modules (``SWAPPED``: ATen adapters, statistics, kernels, and ``functional.py`` that
-calls them) are loaded as they were at the revision, where they existed; the rest of the
-package is the working tree's. Run from the repository root::
+path's modules (``SWAPPED``: sums and blocks, axis bookkeeping, ATen adapters, statistics,
+kernels, and ``functional.py`` that calls them) are loaded as they were at the revision, where
+they existed; the rest of the package is the working tree's. Run from the repository root::
 
     .venv/bin/python benchmarks/ab_kernels.py --rev HEAD~3
     .venv/bin/python benchmarks/ab_kernels.py --rev main --options plain,virtual --rounds 25
+    .venv/bin/python benchmarks/ab_kernels.py --rev main --mode infer --rounds 50
 """
 
 from __future__ import annotations
@@ -48,12 +49,13 @@ def _import_source(name: str, source: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it executes
     spec.loader.exec_module(module)
     return module
 
 
 # The fast path's modules, lowest layer first (each may import the ones before it).
-SWAPPED = ("_aten", "_statistics", "_kernels", "functional")
+SWAPPED = ("_reductions", "_axes", "_aten", "_statistics", "_kernels", "functional")
 
 
 def functional_at(rev: str) -> ModuleType:
@@ -105,6 +107,22 @@ def training_step(
     return step
 
 
+def inference_call(
+    functional_module: ModuleType, x: torch.Tensor, dy: torch.Tensor, option: str
+) -> Callable[[], None]:
+    """One inference call of ``batch_norm`` from ``functional_module``, without autograd."""
+    del dy, option  # inference ignores the training options
+    channels = x.shape[1]
+    gamma, beta = torch.rand(channels) + 0.5, torch.randn(channels)
+    stats = torch.randn(channels), torch.rand(channels) + 0.5
+
+    def call() -> None:
+        with torch.no_grad():
+            functional_module.batch_norm(x, *stats, gamma, beta, axis=1, training=False)
+
+    return call
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", required=True, help="git revision of the 'before' kernels")
@@ -113,6 +131,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--mode", default="train", choices=["train", "infer"], help="forward+backward, or inference"
+    )
     parser.add_argument(
         "--system-allocator", action="store_true", help="as in bench: no keep_freed_memory()"
     )
@@ -126,13 +147,19 @@ def main() -> None:
         stats = torch.zeros(shape[1]), torch.ones(shape[1])
 
         def native(x: torch.Tensor = x, dy: torch.Tensor = dy, stats: tuple = stats) -> None:
+            if args.mode == "infer":
+                with torch.no_grad():
+                    functional.batch_norm(x, *stats, None, None, False, 0.1, 1e-3)
+                return
             x.grad = None
             functional.batch_norm(x, *stats, None, None, True, 0.1, 1e-3).backward(dy)
 
         steps = {"native": native}
-        for option in args.options.split(","):
-            steps[f"{args.rev} {option}"] = training_step(before, x, dy, option)
-            steps[f"working tree {option}"] = training_step(bnf, x, dy, option)
+        make_step = training_step if args.mode == "train" else inference_call
+        options = args.options.split(",") if args.mode == "train" else ["plain"]
+        for option in options:
+            steps[f"{args.rev} {option}"] = make_step(before, x, dy, option)
+            steps[f"working tree {option}"] = make_step(bnf, x, dy, option)
         times: dict[str, list[float]] = {label: [] for label in steps}
         for _ in range(args.rounds):
             for label, step in steps.items():
@@ -140,7 +167,8 @@ def main() -> None:
                 step()
                 times[label].append(time.perf_counter() - start)
         base = statistics.median(times["native"])
-        print(f"{name}, training forward+backward, {args.dtype}, {args.rounds} rounds", flush=True)
+        what = "training forward+backward" if args.mode == "train" else "inference"
+        print(f"{name}, {what}, {args.dtype}, {args.rounds} rounds", flush=True)
         for label, samples in times.items():
             median = statistics.median(samples)
             print(f"  {label:28s} {median * 1e3:8.2f} ms  {median / base:5.2f}x native")
