@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import batchnorm as bn
-from batchnorm import _reductions
+from batchnorm import _aten, _reductions
 from batchnorm._aten import native_inference
 from batchnorm._kernels import NormalizeApply
 from batchnorm._reductions import channel_sum, channel_sum_of_squares
@@ -168,9 +168,18 @@ SIXTEEN_BIT_LAYOUTS = {
 
 @pytest.mark.parametrize("layout", sorted(SIXTEEN_BIT_LAYOUTS))
 @pytest.mark.parametrize("dtype16", [torch.bfloat16, torch.float16])
-def test_sixteen_bit_moments_output_and_gradients_match_float64(layout, dtype16, monkeypatch):
-    """16-bit inputs: float32 moments, a 16-bit output, gradients; against float64 autograd."""
+@pytest.mark.parametrize("without_block_view", ["ATen slices", "upcast blocks"])
+def test_sixteen_bit_moments_output_and_gradients_match_float64(
+    layout, dtype16, without_block_view, monkeypatch
+):
+    """16-bit inputs: float32 moments, a 16-bit output, gradients; against float64 autograd.
+
+    Layouts without a block view (ghost channels_last) go through ATen's kernels slice by
+    slice, or (slices too small, or none) blocks upcast one at a time; both are forced here.
+    """
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 256)  # several blocks where upcast
+    slice_elements = 1 if without_block_view == "ATen slices" else 1 << 40
+    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", slice_elements)
     make, axes = SIXTEEN_BIT_LAYOUTS[layout]
     generator = torch.Generator().manual_seed(5)
     x = make((torch.randn(6, 4, 5, 7, generator=generator) * 1.5 + 10).to(dtype16))
@@ -367,11 +376,14 @@ def test_constant_channels_give_exactly_beta(layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weight_kind", ["none", "per example", "mask"])
 @pytest.mark.parametrize("need_x", [True, False])
-def test_blocked_sums_and_apply_for_ghost_batches_of_channels_last_match_float64(
-    dtype, weight_kind, need_x, monkeypatch
+@pytest.mark.parametrize("sums", ["ATen slices", "blocks"])
+def test_backward_for_ghost_batches_of_channels_last_matches_float64(
+    dtype, weight_kind, need_x, sums, monkeypatch
 ):
-    """Kept (group, channel) axes apart in memory: the two-pass blocked backward, many blocks."""
-    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)  # 6 blocks of one example
+    """Kept (group, channel) axes apart in memory: ATen's sums slice by slice (one example
+    each) or blocked sums (6 blocks of one example), then the blocked backward apply."""
+    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)
+    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", 1 if sums == "ATen slices" else 1 << 40)
     generator = torch.Generator().manual_seed(6)
     x = (torch.randn(6, 4, 5, 5, generator=generator) * 3 + 5).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last).reshape(2, 3, 4, 5, 5)

@@ -1,21 +1,24 @@
-"""ATen's batch-norm kernels on any layout that has a block view.
+"""ATen's batch-norm kernels on any layout that has a block view, or slices that have one.
 
 :func:`aten_input` presents an input as ATen's kernels take it, channels on dimension 1;
-:func:`native_inference` runs the inference kernel on it. The fast path's statistics
-(:mod:`batchnorm._statistics`), apply and backward (:mod:`batchnorm._kernels`) and the
-inference path of :func:`batchnorm.functional.batch_norm` all go through here.
+:func:`native_inference` runs the inference kernel on it. :func:`aten_slices` cuts an input
+without a block view (ghost batches of channels_last inputs) into slices that have one. The
+fast path's statistics (:mod:`batchnorm._statistics`), apply and backward
+(:mod:`batchnorm._kernels`) and the inference path of :func:`batchnorm.functional.batch_norm`
+all go through here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import prod
 
 import torch
 
 from batchnorm._moments import accumulation_dtype
 from batchnorm._reductions import block_view, from_block_view
 
-__all__ = ["aten_input", "native_inference"]
+__all__ = ["SLICE_ELEMENTS", "AtenSlices", "aten_input", "aten_slices", "native_inference"]
 
 
 def aten_input(
@@ -84,3 +87,70 @@ def native_inference(
         eps=epsilon,
     )
     return y if restore is None else from_block_view(y, restore)
+
+
+# Fewest elements per slice for which ATen's kernels run slice by slice (:func:`aten_slices`):
+# below it, a call per slice costs more than the blocked torch ops it replaces.
+SLICE_ELEMENTS = 1 << 16
+
+
+class AtenSlices:
+    """An input cut along its outermost dimensions in memory into slices ATen's kernels take.
+
+    Ghost batches of channels_last inputs keep (group, channel) apart in memory, so the input
+    has no block view, but each of its examples has one (channels innermost). ``present(t)``
+    views a tensor laid out like the input as ``(slices, outer, channels[, inner])``;
+    ``per_slice(v)`` gives a per-kept-index vector as ``(slices, channels)``; ``kept_shaped``
+    turns a ``(slices, channels)`` table back into a per-kept-index tensor.
+    """
+
+    def __init__(self, x: torch.Tensor, order: list[int], lead: int, kept: list[int]) -> None:
+        self.order, self.lead, self.kept = order, lead, kept
+        self.sizes = [x.shape[d] for d in order]
+        first = next(p for p in kept if p >= lead)
+        self.count = prod(self.sizes[:lead])
+        self.channels = prod(self.sizes[first : kept[-1] + 1])
+        outer, inner = prod(self.sizes[lead:first]), prod(self.sizes[kept[-1] + 1 :])
+        self.block = (self.count, outer, self.channels) + ((inner,) if inner > 1 else ())
+        self.kept_shape = tuple(x.shape[d] if d in [order[p] for p in kept] else 1 for d in order)
+        self.reduced_lead = [p for p in range(lead) if p not in kept]
+
+    def present(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (laid out like the input) as ``(slices, outer, channels[, inner])``, a view."""
+        return t.permute(self.order).view(self.block)
+
+    def per_slice(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-kept-index ``v`` (1 on reduced dimensions) as ``(slices, channels)``."""
+        in_memory = v.permute(self.order)
+        expanded = in_memory.expand(*self.sizes[: self.lead], *in_memory.shape[self.lead :])
+        return expanded.reshape(self.count, self.channels)
+
+    def kept_shaped(self, table: torch.Tensor, *, mean: bool = False) -> torch.Tensor:
+        """A ``(slices, channels)`` table as a per-kept-index tensor (1 on reduced dimensions).
+
+        Summed, or averaged with ``mean``, over the reduced leading dimensions.
+        """
+        grid = table.view(*self.sizes[: self.lead], self.channels)
+        if self.reduced_lead:
+            reduce = torch.mean if mean else torch.sum
+            grid = reduce(grid, dim=self.reduced_lead, keepdim=True)
+        in_memory = grid.reshape(self.kept_shape)
+        return in_memory.permute([self.order.index(d) for d in range(len(self.order))])
+
+
+def aten_slices(x: torch.Tensor, axes: Sequence[int]) -> AtenSlices | None:
+    """``x`` as slices with a block view each (:class:`AtenSlices`), as few as give one.
+
+    None for a non-dense ``x``, when even single elements have none, or for slices under
+    ``SLICE_ELEMENTS`` elements.
+    """
+    order = sorted(range(x.dim()), key=x.stride().__getitem__, reverse=True)
+    if x.numel() == 0 or not x.permute(order).is_contiguous():
+        return None
+    kept = sorted(order.index(a) for a in axes)  # the kept dimensions' places in memory
+    for lead in range(1, x.dim()):
+        inner = [p for p in kept if p >= lead]
+        if inner and inner == list(range(inner[0], inner[-1] + 1)):
+            slices = AtenSlices(x, order, lead, kept)
+            return slices if x.numel() >= SLICE_ELEMENTS * slices.count else None
+    return None

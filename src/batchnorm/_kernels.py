@@ -40,7 +40,7 @@ from math import prod
 import torch
 from torch.autograd.function import once_differentiable
 
-from batchnorm._aten import aten_input, native_inference
+from batchnorm._aten import aten_input, aten_slices, native_inference
 from batchnorm._moments import no_nan_divide, weight_total
 from batchnorm._reductions import (
     block_view_sizes,
@@ -136,7 +136,9 @@ class NormalizeApply(torch.autograd.Function):
             # Unweighted, ATen's kernel does it all; weighted, only its (unweighted) sums.
             needs = ctx.needs if weights is None else (False, True, True)
             result = _native_backward(x, dy, mean, invstd, per_kept_scale, ctx.axes, needs)
-            if result is None:  # no block view: the same sums a block at a time
+            if result is None:  # no block view: ATen's sums slice by slice, or a block at a time
+                result = _slice_sums(x, dy, mean, invstd, ctx.axes)
+            if result is None:
                 result = _blocked_sums(x, dy, mean, invstd, ctx.axes)
             if result[0] is None and need_x:  # the apply that carries the weights
                 _, sum_dy_x_hat, sum_dy = result
@@ -198,7 +200,42 @@ def folded_apply(
             return y
     if x.dtype == scale.dtype:
         return scale_and_shift(x, scale, shift, out=torch.empty_like(x))
-    return _upcast_apply(x, scale, shift)
+    y = _slice_apply(x, axes, scale, shift)
+    return y if y is not None else _upcast_apply(x, scale, shift)
+
+
+def _slice_apply(
+    x: torch.Tensor, axes: tuple[int, ...], scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor | None:
+    """``x * scale + shift`` for a 16-bit ``x`` by ATen's inference kernel, slice by slice.
+
+    For inputs without a block view whose slices have one (:func:`batchnorm._aten.aten_slices`):
+    each slice is written straight into the output (``native_batch_norm.out``), 16-bit in and
+    out with float32 arithmetic and no upcast copies. None without such slices.
+    """
+    sliced = aten_slices(x, axes)
+    if sliced is None:
+        return None
+    y = torch.empty_like(x)
+    x_slices, y_slices = sliced.present(x), sliced.present(y)
+    scales, shifts = sliced.per_slice(scale), sliced.per_slice(shift)
+    zeros = torch.zeros_like(scales[0])
+    ones, unused = zeros + 1, zeros.new_empty(0)
+    for i in range(sliced.count):
+        torch.ops.aten.native_batch_norm.out(
+            x_slices[i],
+            scales[i],
+            shifts[i],
+            zeros,
+            ones,
+            False,
+            0.0,
+            0.0,
+            out=y_slices[i],
+            save_mean=unused,
+            save_invstd=unused,
+        )
+    return y
 
 
 def aten_applies_faster(x: torch.Tensor, axes: Sequence[int]) -> bool:
@@ -369,6 +406,50 @@ def _native_backward(
         dx,
         dscale.view(keep) if dscale is not None else None,
         dshift.view(keep) if dshift is not None else None,
+    )
+
+
+def _slice_sums(
+    x: torch.Tensor,
+    dy: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    axes: tuple[int, ...],
+) -> tuple[None, torch.Tensor, torch.Tensor] | None:
+    r"""The backward reduce, ``\sum dy\, \hat{x}`` and ``\sum dy``, by ATen's kernel per slice.
+
+    For inputs without a block view whose slices have one (:func:`batchnorm._aten.aten_slices`:
+    ghost batches of channels_last inputs). Each slice goes through ATen's kernel with its own
+    group's mean and ``invstd``, and the sums add up over the slices of a group. Reads ``x`` and
+    ``dy`` once with no scratch and no upcasts, where :func:`_blocked_sums` makes four more
+    passes in cache. The sums are ATen's, as for inputs that have a block view. None without
+    such slices.
+    """
+    sliced = aten_slices(x, axes)
+    if sliced is None:
+        return None
+    x_slices, dy_slices = sliced.present(x), sliced.present(dy)
+    means, invstds = sliced.per_slice(mean), sliced.per_slice(invstd)
+    sums_x_hat, sums_dy = [], []
+    for i in range(sliced.count):
+        _, sum_x_hat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            dy_slices[i],
+            x_slices[i],
+            None,
+            None,
+            None,
+            means[i],
+            invstds[i],
+            True,
+            0.0,
+            [False, True, True],
+        )
+        sums_x_hat.append(sum_x_hat)
+        sums_dy.append(sum_dy)
+    return (
+        None,
+        sliced.kept_shaped(torch.stack(sums_x_hat)),
+        sliced.kept_shaped(torch.stack(sums_dy)),
     )
 
 

@@ -3,7 +3,8 @@
 Two-pass and exact to rounding: the mean is a per-channel (weighted) sum, the variance sums
 the squares of ``x - mean`` formed a cache-sized block at a time, so no full-size temporary is
 made. 16-bit inputs take ATen's statistics kernel where it fits (also for per-example weights
-of NCHW inputs, row by row) and are otherwise upcast one block at a time. The sums and blocks
+of NCHW inputs, row by row, and for ghost batches of channels_last inputs, slice by slice) and
+are otherwise upcast one block at a time. The sums and blocks
 are :mod:`batchnorm._reductions`; the readable statement of the same moments is
 :func:`batchnorm._moments.compute_moments`.
 """
@@ -15,7 +16,7 @@ from math import prod
 
 import torch
 
-from batchnorm._aten import aten_input
+from batchnorm._aten import aten_input, aten_slices
 from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, weighted
 from batchnorm._reductions import (
     blocked_channel_sum,
@@ -58,6 +59,7 @@ def stats_pass(
         if x.dtype != acc:
             if weights is None:
                 moments = _native_moments(x, axes, reduce_dims, acc)
+                moments = moments or _slice_moments(x, axes, reduce_dims, acc)
             else:
                 weights = weights.to(acc)
                 moments = _native_row_moments(x, weights, axes, reduce_dims, acc)
@@ -97,6 +99,33 @@ def _native_moments(
     mean, var = torch.ops.aten.batch_norm_update_stats(block, unused, unused.clone(), 0.0)
     count = weight_total(None, x.shape, reduce_dims).to(acc)
     return Moments(count=count, mean=mean.view(keep), var=var.view(keep))
+
+
+def _slice_moments(
+    x: torch.Tensor, axes: Sequence[int], reduce_dims: Sequence[int], acc: torch.dtype
+) -> Moments | None:
+    r"""Moments of a 16-bit ``x`` without a block view from ATen's statistics of its slices.
+
+    Ghost batches of channels_last inputs: each slice (:func:`batchnorm._aten.aten_slices`)
+    gets its mean ``m_s`` and biased variance ``v_s`` from ATen's kernel as in
+    :func:`_native_moments`, with no upcast copies, and the equally large slices of a group
+    combine exactly: ``mu = mean_s(m_s)``, ``sigma^2 = mean_s(v_s + (m_s - mu)^2)``. None
+    without such slices.
+    """
+    sliced = aten_slices(x, axes)
+    if sliced is None:
+        return None
+    blocks = sliced.present(x)
+    unused = torch.zeros(sliced.channels, dtype=acc, device=x.device)
+    parts = [
+        torch.ops.aten.batch_norm_update_stats(blocks[i], unused, unused.clone(), 0.0)
+        for i in range(sliced.count)
+    ]
+    means = torch.stack([mean for mean, _ in parts])
+    mean = sliced.kept_shaped(means, mean=True)
+    spreads = torch.stack([var for _, var in parts]) + (means - sliced.per_slice(mean)) ** 2
+    count = torch.full((), prod(x.shape[d] for d in reduce_dims), dtype=acc)
+    return Moments(count=count, mean=mean, var=sliced.kept_shaped(spreads, mean=True))
 
 
 def _native_row_moments(
