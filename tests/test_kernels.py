@@ -213,18 +213,23 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(
     ("memory_format", "weight_shape"),
     [
         (torch.contiguous_format, (6, 1, 1, 1)),  # per example: ATen statistics of the rows
-        # channels_last per example: row sums of upcast blocks
+        # channels_last per example: ATen statistics of each example, or upcast blocks
         (torch.channels_last, (6, 1, 1, 1)),
         (torch.contiguous_format, (6, 1, 5, 7)),  # a mask: blocked products of upcast blocks
         (torch.channels_last, (6, 1, 5, 7)),
     ],
 )
 @pytest.mark.parametrize("dtype16", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("slices", ["ATen slices", "upcast blocks"])
 def test_sixteen_bit_weighted_moments_and_backward_match_float64(
-    memory_format, weight_shape, dtype16, monkeypatch
+    memory_format, weight_shape, dtype16, slices, monkeypatch
 ):
-    """16-bit weighted: float32 sums of upcast blocks, 16-bit output and gradient; vs float64."""
+    """16-bit weighted: float32 sums of upcast blocks, 16-bit output and gradient; vs float64.
+
+    The NaN at a zero weight checks that no route lets it reach the moments.
+    """
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)  # several blocks of x
+    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", 1 if slices == "ATen slices" else 1 << 40)
     generator = torch.Generator().manual_seed(7)
     x = (torch.randn(6, 3, 5, 7, generator=generator) * 3 + 5).to(dtype16)
     x = x.contiguous(memory_format=memory_format)

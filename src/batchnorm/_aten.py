@@ -115,6 +115,14 @@ class AtenSlices:
         self.kept_shape = tuple(x.shape[d] if d in [order[p] for p in kept] else 1 for d in order)
         self.reduced_lead = [p for p in range(lead) if p not in kept]
 
+    def constant_within(self, t: torch.Tensor) -> bool:
+        """Whether ``t`` (the input's rank) is constant within each slice.
+
+        That is, of size 1 off the leading dimensions: per-example weights, cut into examples.
+        """
+        inside = self.order[self.lead :]
+        return t.dim() == len(self.order) and all(t.shape[d] == 1 for d in inside)
+
     def present(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (laid out like the input) as ``(slices, outer, channels[, inner])``, a view."""
         return t.permute(self.order).view(self.block)

@@ -63,6 +63,7 @@ def stats_pass(
             else:
                 weights = weights.to(acc)
                 moments = _native_row_moments(x, weights, axes, reduce_dims, acc)
+                moments = moments or _slice_moments(x, axes, reduce_dims, acc, weights)
             return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
         xs = x.to(acc)
         if weights is None:
@@ -102,19 +103,38 @@ def _native_moments(
 
 
 def _slice_moments(
-    x: torch.Tensor, axes: Sequence[int], reduce_dims: Sequence[int], acc: torch.dtype
+    x: torch.Tensor,
+    axes: Sequence[int],
+    reduce_dims: Sequence[int],
+    acc: torch.dtype,
+    weights: torch.Tensor | None = None,
 ) -> Moments | None:
-    r"""Moments of a 16-bit ``x`` without a block view from ATen's statistics of its slices.
+    r"""(Weighted) moments of a 16-bit ``x`` from ATen's statistics of its slices.
 
-    Ghost batches of channels_last inputs: each slice (:func:`batchnorm._aten.aten_slices`)
-    gets its mean ``m_s`` and biased variance ``v_s`` from ATen's kernel as in
-    :func:`_native_moments`, with no upcast copies, and the equally large slices of a group
-    combine exactly: ``mu = mean_s(m_s)``, ``sigma^2 = mean_s(v_s + (m_s - mu)^2)``. None
-    without such slices.
+    For inputs without a block view whose slices have one (:func:`batchnorm._aten.aten_slices`:
+    ghost batches of channels_last inputs), and for weights constant within each slice
+    (per-example weights of channels_last inputs, cut into examples). Each slice ``s`` gets its
+    mean ``m_s`` and biased variance ``v_s`` from ATen's kernel as in :func:`_native_moments`,
+    with no upcast copies, and the equally large slices of a group combine exactly with their
+    weights ``w_s`` (1 without weights):
+
+    .. math::
+
+        \mu = \frac{\sum_s w_s m_s}{\sum_s w_s}, \quad
+        \sigma^2 = \frac{\sum_s w_s \left(v_s + (m_s - \mu)^2\right)}{\sum_s w_s}
+
+    Zero-weight slices contribute exactly 0 (:func:`batchnorm._moments.weighted`). None
+    without such slices, or when the weights vary within a slice.
     """
     sliced = aten_slices(x, axes)
     if sliced is None:
         return None
+    if weights is not None:
+        if not sliced.constant_within(weights):
+            return None
+        keep = keep_shape(x, axes)
+        per_kept = weights.expand([max(w, k) for w, k in zip(weights.shape, keep, strict=True)])
+        slice_weights = sliced.per_slice(per_kept)
     blocks = sliced.present(x)
     unused = torch.zeros(sliced.channels, dtype=acc, device=x.device)
     parts = [
@@ -122,10 +142,19 @@ def _slice_moments(
         for i in range(sliced.count)
     ]
     means = torch.stack([mean for mean, _ in parts])
-    mean = sliced.kept_shaped(means, mean=True)
-    spreads = torch.stack([var for _, var in parts]) + (means - sliced.per_slice(mean)) ** 2
-    count = torch.full((), prod(x.shape[d] for d in reduce_dims), dtype=acc)
-    return Moments(count=count, mean=mean, var=sliced.kept_shaped(spreads, mean=True))
+    variances = torch.stack([var for _, var in parts])
+    elements = prod(x.shape[d] for d in reduce_dims)
+    if weights is None:
+        mean = sliced.kept_shaped(means, mean=True)
+        spreads = variances + (means - sliced.per_slice(mean)) ** 2
+        count = torch.full((), elements, dtype=acc)
+        return Moments(count=count, mean=mean, var=sliced.kept_shaped(spreads, mean=True))
+    total = sliced.kept_shaped(slice_weights)
+    mean = no_nan_divide(sliced.kept_shaped(weighted(means, slice_weights)), total)
+    spreads = variances + (means - sliced.per_slice(mean)) ** 2
+    var = no_nan_divide(sliced.kept_shaped(weighted(spreads, slice_weights)), total)
+    count = weight_total(weights, x.shape, reduce_dims).to(acc)
+    return Moments(count=count.expand_as(mean), mean=mean, var=var)
 
 
 def _native_row_moments(
