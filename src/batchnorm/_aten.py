@@ -75,16 +75,20 @@ def native_inference(
     acc = accumulation_dtype(x.dtype)  # ATen takes 16-bit inputs with float32 statistics
 
     def flat(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.reshape(-1).to(acc)
+        if t is None or (t.dim() == 1 and t.dtype == acc):  # as given: no view, no copy
+            return t
+        return t.reshape(-1).to(acc)
 
-    y = torch.nn.functional.batch_norm(
+    y = torch.batch_norm(  # the op under torch.nn.functional.batch_norm, less its checks
         block,
-        flat(moving_mean),
-        flat(moving_variance),
         flat(gamma),
         flat(beta),
-        training=False,
-        eps=epsilon,
+        flat(moving_mean),
+        flat(moving_variance),
+        False,
+        0.0,
+        epsilon,
+        torch.backends.cudnn.enabled,
     )
     return y if restore is None else from_block_view(y, restore)
 
