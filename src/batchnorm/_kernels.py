@@ -13,8 +13,9 @@ The passes are named by role, as PyTorch names its SyncBatchNorm kernels:
 
 Passes 3 and 4 are ATen's ``native_batch_norm_backward`` wherever the layout fits; with
 weights or a mask, pass 3 is still ATen's (the sums are unweighted) and pass 4 is
-:func:`_input_gradient`, which carries the weights a cache-sized block at a time. Where ATen's
-kernels do not fit (ghost batches of channels_last inputs), pass 3 is blocked too.
+:func:`_input_gradient`, which carries the weights a cache-sized block at a time. Where the
+input has no block view (ghost batches of channels_last inputs), pass 3 is ATen's kernel slice
+by slice (:func:`_slice_sums`), or blocked for small slices.
 
 Only ``x`` and per-channel vectors are saved for backward. ``A`` and ``B`` are ordinary tensors
 built by autograd from gamma, beta and whatever variant composes into them (see
@@ -27,9 +28,10 @@ out of full-size temporaries, are :mod:`batchnorm._reductions`.
 
 16-bit inputs (bfloat16, float16) are never copied whole to float32. Unweighted, with a block
 view, ATen's kernels do both forward passes (statistics accumulated in float32, the apply 16-bit
-in and out); per-example weights of NCHW inputs take ATen's statistics of each row; with a mask
-or no block view, blocks of the input are upcast one at a time into a reused float32 scratch
-and go through the float32 code.
+in and out), and slice by slice without one (ghost batches of channels_last inputs);
+per-example weights take ATen's statistics of each row (NCHW) or example (channels_last); with
+a mask, or slices too small, blocks of the input are upcast one at a time into a reused float32
+scratch and go through the float32 code, as the weighted backward apply always is.
 """
 
 from __future__ import annotations
