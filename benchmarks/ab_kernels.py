@@ -141,18 +141,28 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     print("system allocator" if args.system_allocator else keep_freed_memory())
     before = functional_at(args.rev)
+    training = args.mode == "train"
     for name, (shape, memory_format) in CASES.items():
         x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
         dy = torch.randn_like(x)
         stats = torch.zeros(shape[1]), torch.ones(shape[1])
 
-        def native(x: torch.Tensor = x, dy: torch.Tensor = dy, stats: tuple = stats) -> None:
-            if args.mode == "infer":
+        # gamma and beta as the candidates have them (learnable in training)
+        gamma = torch.ones(shape[1], requires_grad=training)
+        beta = torch.zeros(shape[1], requires_grad=training)
+
+        def native(
+            x: torch.Tensor = x,
+            dy: torch.Tensor = dy,
+            stats: tuple = stats,
+            affine: tuple = (gamma, beta),
+        ) -> None:
+            if not training:
                 with torch.no_grad():
-                    functional.batch_norm(x, *stats, None, None, False, 0.1, 1e-3)
+                    functional.batch_norm(x, *stats, *affine, False, 0.1, 1e-3)
                 return
             x.grad = None
-            functional.batch_norm(x, *stats, None, None, True, 0.1, 1e-3).backward(dy)
+            functional.batch_norm(x, *stats, *affine, True, 0.1, 1e-3).backward(dy)
 
         steps = {"native": native}
         make_step = training_step if args.mode == "train" else inference_call

@@ -10,13 +10,14 @@ all go through here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from math import prod
 
 import torch
 
 from batchnorm._moments import accumulation_dtype
-from batchnorm._reductions import block_view, from_block_view
+from batchnorm._reductions import block_view, from_block_view, is_dense, memory_order_of
 
 __all__ = ["SLICE_ELEMENTS", "AtenSlices", "aten_input", "aten_slices", "native_inference"]
 
@@ -108,16 +109,19 @@ class AtenSlices:
     turns a ``(slices, channels)`` table back into a per-kept-index tensor.
     """
 
-    def __init__(self, x: torch.Tensor, order: list[int], lead: int, kept: list[int]) -> None:
-        self.order, self.lead, self.kept = order, lead, kept
-        self.sizes = [x.shape[d] for d in order]
+    def __init__(
+        self, shape: tuple[int, ...], order: tuple[int, ...], lead: int, kept: list[int]
+    ) -> None:
+        self.order, self.lead = order, lead
+        self.sizes = [shape[d] for d in order]
         first = next(p for p in kept if p >= lead)
         self.count = prod(self.sizes[:lead])
         self.channels = prod(self.sizes[first : kept[-1] + 1])
         outer, inner = prod(self.sizes[lead:first]), prod(self.sizes[kept[-1] + 1 :])
         self.block = (self.count, outer, self.channels) + ((inner,) if inner > 1 else ())
-        self.kept_shape = tuple(x.shape[d] if d in [order[p] for p in kept] else 1 for d in order)
+        self.kept_shape = tuple(size if p in kept else 1 for p, size in enumerate(self.sizes))
         self.reduced_lead = [p for p in range(lead) if p not in kept]
+        self.to_logical = [order.index(d) for d in range(len(order))]
 
     def constant_within(self, t: torch.Tensor) -> bool:
         """Whether ``t`` (the input's rank) is constant within each slice.
@@ -146,23 +150,31 @@ class AtenSlices:
         if self.reduced_lead:
             reduce = torch.mean if mean else torch.sum
             grid = reduce(grid, dim=self.reduced_lead, keepdim=True)
-        in_memory = grid.reshape(self.kept_shape)
-        return in_memory.permute([self.order.index(d) for d in range(len(self.order))])
+        return grid.reshape(self.kept_shape).permute(self.to_logical)
 
 
 def aten_slices(x: torch.Tensor, axes: Sequence[int]) -> AtenSlices | None:
     """``x`` as slices with a block view each (:class:`AtenSlices`), as few as give one.
 
-    None for a non-dense ``x``, when even single elements have none, or for slices under
-    ``SLICE_ELEMENTS`` elements.
+    None for a non-dense or empty ``x``, when even single elements have none, or for slices
+    under ``SLICE_ELEMENTS`` elements. The plan is cached per shape, strides and axes.
     """
-    order = sorted(range(x.dim()), key=x.stride().__getitem__, reverse=True)
-    if x.numel() == 0 or not x.permute(order).is_contiguous():
+    sliced = _slice_plan(tuple(x.shape), x.stride(), tuple(axes))
+    if sliced is None or x.numel() < SLICE_ELEMENTS * sliced.count:
+        return None
+    return sliced
+
+
+@functools.lru_cache(maxsize=256)
+def _slice_plan(
+    shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
+) -> AtenSlices | None:
+    order = memory_order_of(strides)
+    if not is_dense(shape, strides, order):
         return None
     kept = sorted(order.index(a) for a in axes)  # the kept dimensions' places in memory
-    for lead in range(1, x.dim()):
+    for lead in range(1, len(shape)):
         inner = [p for p in kept if p >= lead]
         if inner and inner == list(range(inner[0], inner[-1] + 1)):
-            slices = AtenSlices(x, order, lead, kept)
-            return slices if x.numel() >= SLICE_ELEMENTS * slices.count else None
+            return AtenSlices(shape, order, lead, kept)
     return None

@@ -67,7 +67,7 @@ def weight_total(
         2.0
     """
     if weights is None:
-        return torch.tensor(float(prod(shape[d] for d in reduce_dims)))
+        return torch.full((), float(prod(shape[d] for d in reduce_dims)))
     rank = len(shape)
     weights = weights.reshape((1,) * (rank - weights.dim()) + tuple(weights.shape))
     summed = [d for d in reduce_dims if weights.shape[d] != 1]

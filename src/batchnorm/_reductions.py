@@ -15,6 +15,7 @@ import functools
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from math import prod
+from typing import NamedTuple
 
 import torch
 
@@ -29,8 +30,10 @@ __all__ = [
     "channel_sum_of_squares",
     "combine_blocks",
     "from_block_view",
+    "is_dense",
     "keep_shape",
     "memory_order",
+    "memory_order_of",
     "scratch_space",
     "upcast_blocks",
 ]
@@ -38,11 +41,12 @@ __all__ = [
 
 def memory_order(t: torch.Tensor) -> list[int]:
     """Dimensions of ``t`` from outermost to innermost in memory (ties keep logical order)."""
-    return list(_order(t.stride()))
+    return list(memory_order_of(t.stride()))
 
 
 @functools.lru_cache(maxsize=256)
-def _order(strides: tuple[int, ...]) -> tuple[int, ...]:
+def memory_order_of(strides: tuple[int, ...]) -> tuple[int, ...]:
+    """:func:`memory_order` of a tensor with these strides (cached)."""
     return tuple(sorted(range(len(strides)), key=strides.__getitem__, reverse=True))
 
 
@@ -70,8 +74,8 @@ def _block_plan(
     shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
 ) -> tuple[tuple[int, ...] | None, tuple[int, int, int]] | None:
     """The permutation (None if the identity) and sizes of :func:`block_view`, or None."""
-    order = _order(strides)
-    if not _dense(shape, strides, order):
+    order = memory_order_of(strides)
+    if not is_dense(shape, strides, order):
         return None
     positions = [order.index(a) for a in sorted(axes)]
     first, last = positions[0], positions[-1]
@@ -82,7 +86,7 @@ def _block_plan(
     return (None if order == tuple(range(len(shape))) else order), view
 
 
-def _dense(shape: tuple[int, ...], strides: tuple[int, ...], order: Sequence[int]) -> bool:
+def is_dense(shape: tuple[int, ...], strides: tuple[int, ...], order: Sequence[int]) -> bool:
     """Whether a non-empty tensor packs its elements in ``order`` with no gaps.
 
     Each stride is the product of the sizes inside it; size-1 dimensions may have any stride.
@@ -112,7 +116,7 @@ def _layout_plan(
     shape: tuple[int, ...], strides: tuple[int, ...]
 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     """Sizes in memory order, and the permutation back to logical order (None: identity)."""
-    order = _order(strides)
+    order = memory_order_of(strides)
     to_logical = tuple(order.index(d) for d in range(len(shape)))
     identity = to_logical == tuple(range(len(shape)))
     return tuple(shape[d] for d in order), None if identity else to_logical
@@ -131,37 +135,45 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
 
     """
     plan = _sum_plan(tuple(t.shape), t.stride(), tuple(axes))
-    if plan is None or isinstance(plan, list):  # not dense, or one sum does it
-        reduce_dims = plan or [d for d in range(t.dim()) if d not in axes]
-        return t.sum(dim=reduce_dims, keepdim=True)
-    order, runs, reduced_runs, kept_sizes, to_logical, keep = plan
-    total = (t if order is None else t.permute(order)).view(runs)
-    for run in reduced_runs:
+    if plan.runs is None:  # one keepdim sum over the reduced dimensions of t as it is
+        return t.sum(dim=plan.reduced, keepdim=True)
+    total = (t if plan.order is None else t.permute(plan.order)).view(plan.runs)
+    for run in plan.reduced:
         total = total.sum(dim=run)
-    total = total.view(kept_sizes)
-    return (total if to_logical is None else total.permute(to_logical)).reshape(keep)
+    total = total.view(plan.kept_sizes)
+    to_logical = plan.to_logical
+    return (total if to_logical is None else total.permute(to_logical)).reshape(plan.keep)
+
+
+class _SumPlan(NamedTuple):
+    """How :func:`channel_sum` reduces a tensor: see :func:`_sum_plan`."""
+
+    order: tuple[int, ...] | None  # permutation into memory order (None: the identity)
+    runs: tuple[int, ...] | None  # sizes of the coalesced runs (None: sum t as it is)
+    reduced: tuple[int, ...]  # the runs summed, innermost first (or t's reduced dimensions)
+    kept_sizes: tuple[int, ...]
+    to_logical: tuple[int, ...] | None  # kept dimensions back to logical order
+    keep: tuple[int, ...]
 
 
 @functools.lru_cache(maxsize=256)
-def _sum_plan(
-    shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
-) -> tuple | list[int] | None:
-    """How :func:`channel_sum` reduces a tensor of this shape and strides; None if not dense.
+def _sum_plan(shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]) -> _SumPlan:
+    """How :func:`channel_sum` reduces a tensor of this shape and strides.
 
     Memory-adjacent dimensions coalesce into alternating kept/reduced runs, reduced innermost
     first: each sum is a contiguous row sum or a sum over a middle dimension with contiguous
     columns, both fast, where one multi-dimension sum is not (ghost batches on channels_last
     inputs keep (group, channel) with (height, width) between them). Permutations that are
     the identity are None. A contiguous tensor with one reduced dimension is already such a
-    sum: its plan is that dimension, in a list.
+    sum, and a non-dense one has no runs: both are one keepdim sum of the tensor as it is.
     """
     rank = len(shape)
-    order = list(_order(strides))
-    if not _dense(shape, strides, order):
-        return None
-    reduced = [d for d in range(rank) if d not in axes]
-    if len(reduced) == 1 and order == list(range(rank)):
-        return reduced
+    order = memory_order_of(strides)
+    identity = order == tuple(range(rank))
+    reduced = tuple(d for d in range(rank) if d not in axes)
+    keep = tuple(shape[d] if d in axes else 1 for d in range(rank))
+    if not is_dense(shape, strides, order) or (identity and len(reduced) == 1):
+        return _SumPlan(None, None, reduced, (), None, keep)
     runs: list[int] = []
     kept: list[bool] = []
     for d in order:
@@ -170,16 +182,15 @@ def _sum_plan(
         else:
             runs.append(shape[d])
             kept.append(d in axes)
-    reduced_runs = [run for run in reversed(range(len(runs))) if not kept[run]]
+    reduced_runs = tuple(run for run in reversed(range(len(runs))) if not kept[run])
     kept_in_memory_order = [d for d in order if d in axes]
-    to_logical = [kept_in_memory_order.index(d) for d in sorted(axes)]
-    keep = tuple(shape[d] if d in axes else 1 for d in range(rank))
-    return (
-        None if order == list(range(rank)) else order,
-        runs,
+    to_logical = tuple(kept_in_memory_order.index(d) for d in sorted(axes))
+    return _SumPlan(
+        None if identity else order,
+        tuple(runs),
         reduced_runs,
-        [shape[d] for d in kept_in_memory_order],
-        None if to_logical == list(range(len(to_logical))) else to_logical,
+        tuple(shape[d] for d in kept_in_memory_order),
+        None if to_logical == tuple(range(len(to_logical))) else to_logical,
         keep,
     )
 

@@ -66,12 +66,11 @@ def stats_pass(
                 moments = moments or _slice_moments(x, axes, reduce_dims, acc, weights)
             return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
         xs = x.to(acc)
+        count = weight_total(weights, x.shape, reduce_dims).to(acc)
         if weights is None:
-            count = torch.full((), prod(x.shape[d] for d in reduce_dims), dtype=acc)
             mean = channel_sum(xs, axes) / count
             var = blocked_channel_sum(_centered_square, axes, xs, mean) / count
         else:
-            count = weight_total(weights, x.shape, reduce_dims).to(acc)
             weights = weights.to(acc)
             mean = no_nan_divide(_weighted_channel_sum(axes, xs, weights), count)
             var = no_nan_divide(_weighted_channel_sum(axes, xs, weights, mean), count)
@@ -129,32 +128,31 @@ def _slice_moments(
     sliced = aten_slices(x, axes)
     if sliced is None:
         return None
+    slice_weights = None
     if weights is not None:
         if not sliced.constant_within(weights):
             return None
         keep = keep_shape(x, axes)
         per_kept = weights.expand([max(w, k) for w, k in zip(weights.shape, keep, strict=True)])
         slice_weights = sliced.per_slice(per_kept)
+        total = sliced.kept_shaped(slice_weights)
     blocks = sliced.present(x)
     unused = torch.zeros(sliced.channels, dtype=acc, device=x.device)
     parts = [
         torch.ops.aten.batch_norm_update_stats(blocks[i], unused, unused.clone(), 0.0)
         for i in range(sliced.count)
     ]
+
+    def pooled(table: torch.Tensor) -> torch.Tensor:  # (slices, channels) -> per kept index
+        if slice_weights is None:  # equally large slices: the plain mean
+            return sliced.kept_shaped(table, mean=True)
+        return no_nan_divide(sliced.kept_shaped(weighted(table, slice_weights)), total)
+
     means = torch.stack([mean for mean, _ in parts])
-    variances = torch.stack([var for _, var in parts])
-    elements = prod(x.shape[d] for d in reduce_dims)
-    if weights is None:
-        mean = sliced.kept_shaped(means, mean=True)
-        spreads = variances + (means - sliced.per_slice(mean)) ** 2
-        count = torch.full((), elements, dtype=acc)
-        return Moments(count=count, mean=mean, var=sliced.kept_shaped(spreads, mean=True))
-    total = sliced.kept_shaped(slice_weights)
-    mean = no_nan_divide(sliced.kept_shaped(weighted(means, slice_weights)), total)
-    spreads = variances + (means - sliced.per_slice(mean)) ** 2
-    var = no_nan_divide(sliced.kept_shaped(weighted(spreads, slice_weights)), total)
+    mean = pooled(means)
+    var = pooled(torch.stack([var for _, var in parts]) + (means - sliced.per_slice(mean)) ** 2)
     count = weight_total(weights, x.shape, reduce_dims).to(acc)
-    return Moments(count=count.expand_as(mean), mean=mean, var=var)
+    return Moments(count=count if weights is None else count.expand_as(mean), mean=mean, var=var)
 
 
 def _native_row_moments(
