@@ -21,7 +21,12 @@ from configs import (
 from conftest import tolerance
 
 import batchnorm as bn
+from batchnorm import _statistics
 from batchnorm.functional import batch_norm
+
+# The fast path's two routes to float moments, forced: the two-pass sums, and for small inputs
+# one ``torch.var_mean`` (most test inputs are small enough for it).
+STATS_ROUTES = {"two-pass sums": 0, "var_mean": 1 << 62}
 
 
 def _run(config, x, state, dy, call, *, training, fused):
@@ -51,9 +56,16 @@ def _run(config, x, state, dy, call, *, training, fused):
     return result, [x.grad] + [t.grad for t in leaves.values()]
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize(
+    ("training", "stats_route"),
+    [(True, "two-pass sums"), (True, "var_mean"), (False, "two-pass sums")],
+    ids=["train-sums", "train-var_mean", "infer"],
+)
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
-def test_fast_path_matches_reference_path(config, training, generator, device):
+def test_fast_path_matches_reference_path(
+    config, training, stats_route, generator, device, monkeypatch
+):
+    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
     x = config.make_input(generator)
     state = state_tensors(config, x, generator)
     call = call_tensors(config, x, generator)
@@ -228,8 +240,10 @@ def test_empty_batch_leaves_statistics_alone_and_gradients_finite():
         assert torch.isfinite(gamma.grad).all()
 
 
-def test_large_offset_keeps_variance_precise():
-    """Two-pass moments: a mean 1e4 times the spread loses nothing measurable."""
+@pytest.mark.parametrize("stats_route", sorted(STATS_ROUTES))
+def test_large_offset_keeps_variance_precise(stats_route, monkeypatch):
+    """Two-pass or Welford moments: a mean 1e4 times the spread loses nothing measurable."""
+    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
     base = torch.randn(64, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = (base + 1e4).float()
     want = x.double().var(dim=0, unbiased=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import batchnorm as bn
-from batchnorm import _aten, _reductions
+from batchnorm import _aten, _reductions, _statistics
 from batchnorm._aten import native_inference
 from batchnorm._kernels import NormalizeApply
 from batchnorm._reductions import channel_sum, channel_sum_of_squares
@@ -142,6 +142,7 @@ def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension(monkeypatch):
 def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypatch):
     """Kept axes (0, 2) of a contiguous (8, 5, 3): the mean is sliced with each block of x."""
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 16)  # one example per block
+    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", 0)  # the two-pass sums, not var_mean
     x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(4)) * 2 + 3
     moments = stats_pass(x, (0, 2))
     x64 = x.double()

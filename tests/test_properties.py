@@ -9,6 +9,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import batchnorm as bn
+from batchnorm import _statistics
 from batchnorm._moments import compute_moments, pool_groups
 from batchnorm._statistics import stats_pass
 from batchnorm._types import Moments
@@ -34,13 +35,16 @@ def _make(shape, memory_order, seed, dtype=torch.float32):
     return (permuted * 2 + 1).permute(inverse)  # logical `shape`, strides in `memory_order`
 
 
-@given(layouts(), st.integers(0, 2**16))
-def test_stats_pass_matches_readable_moments_for_any_layout(layout, seed):
+@given(layouts(), st.integers(0, 2**16), st.sampled_from([0, 1 << 62]))
+def test_stats_pass_matches_readable_moments_for_any_layout(layout, seed, small_input_elements):
+    """Both float routes: the two-pass sums over any memory layout, and one var_mean."""
     shape, axis, order = layout
     x = _make(shape, order, seed)
     rank = len(shape)
     axes = sorted({a % rank for a in ([axis] if isinstance(axis, int) else axis)})
-    moments = stats_pass(x, axes)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", small_input_elements)
+        moments = stats_pass(x, axes)
     want = compute_moments(x, [d for d in range(rank) if d not in axes])
     torch.testing.assert_close(moments.mean, want.mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(moments.var, want.var, rtol=1e-5, atol=1e-6)
