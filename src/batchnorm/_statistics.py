@@ -1,13 +1,12 @@
 """The stats pass of the fast path: per-channel count, mean and biased variance.
 
-Two-pass and exact to rounding: the mean is a per-channel (weighted) sum, the variance sums
-the squares of ``x - mean`` formed a cache-sized block at a time, so no full-size temporary is
-made; small float inputs take one ``torch.var_mean`` (Welford's update, accumulated in
-float64), where a dozen small ops would cost more than the data. 16-bit inputs take ATen's
-statistics kernel where it fits (also for per-example weights
-of NCHW inputs, row by row, and for ghost batches of channels_last inputs, slice by slice) and
-are otherwise upcast one block at a time. The sums and blocks
-are :mod:`batchnorm._reductions`; the readable statement of the same moments is
+Two-pass and exact to rounding: the mean is a per-channel (weighted) sum, the variance sums the
+squares of ``x - mean`` formed a cache-sized block at a time, so no full-size temporary is made;
+small float inputs take one ``torch.var_mean`` (Welford's update, accumulated in float64), where
+a dozen small ops would cost more than the data. 16-bit inputs take ATen's statistics kernel
+where it fits (also for per-example weights of NCHW inputs, row by row, and for ghost batches of
+channels_last inputs, slice by slice) and are otherwise upcast one block at a time. The sums and
+blocks are :mod:`batchnorm._reductions`; the readable statement of the same moments is
 :func:`batchnorm._moments.compute_moments`.
 """
 
