@@ -21,6 +21,12 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 }
 
 
+# The fast path's two routes to float moments, by the value of
+# ``batchnorm._statistics.SMALL_INPUT_ELEMENTS`` that forces each: the two-pass sums, and one
+# ``torch.var_mean`` (most test inputs are small enough to take it by default).
+STATS_ROUTES: dict[str, int] = {"two-pass sums": 0, "var_mean": 1 << 62}
+
+
 def tolerance(dtype: torch.dtype) -> dict[str, float]:
     rtol, atol = TOLERANCES[dtype]
     return {"rtol": rtol, "atol": atol}

@@ -18,15 +18,11 @@ from configs import (
     option_kwargs,
     state_tensors,
 )
-from conftest import tolerance
+from conftest import STATS_ROUTES, tolerance
 
 import batchnorm as bn
 from batchnorm import _statistics
 from batchnorm.functional import batch_norm
-
-# The fast path's two routes to float moments, forced: the two-pass sums, and for small inputs
-# one ``torch.var_mean`` (most test inputs are small enough for it).
-STATS_ROUTES = {"two-pass sums": 0, "var_mean": 1 << 62}
 
 
 def _run(config, x, state, dy, call, *, training, fused):

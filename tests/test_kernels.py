@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import STATS_ROUTES
 
 import batchnorm as bn
 from batchnorm import _aten, _reductions, _statistics
@@ -142,7 +143,7 @@ def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension(monkeypatch):
 def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypatch):
     """Kept axes (0, 2) of a contiguous (8, 5, 3): the mean is sliced with each block of x."""
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 16)  # one example per block
-    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", 0)  # the two-pass sums, not var_mean
+    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", STATS_ROUTES["two-pass sums"])
     x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(4)) * 2 + 3
     moments = stats_pass(x, (0, 2))
     x64 = x.double()
