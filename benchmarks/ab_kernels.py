@@ -9,6 +9,7 @@ they existed; the rest of the package is the working tree's. Run from the reposi
     .venv/bin/python benchmarks/ab_kernels.py --rev HEAD~3
     .venv/bin/python benchmarks/ab_kernels.py --rev main --options plain,virtual --rounds 25
     .venv/bin/python benchmarks/ab_kernels.py --rev main --mode infer --rounds 50
+    .venv/bin/python benchmarks/ab_kernels.py --rev main --cases "(64,256" --options virtual
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from batchnorm.cli._allocator import keep_freed_memory
 CASES = {
     "NCHW (32,64,56,56)": ((32, 64, 56, 56), torch.contiguous_format),
     "channels_last (32,64,56,56)": ((32, 64, 56, 56), torch.channels_last),
+    "channels_last (64,256,14,14)": ((64, 256, 14, 14), torch.channels_last),
     "dense (4096,256)": ((4096, 256), torch.contiguous_format),
 }
 
@@ -92,7 +94,7 @@ def training_step(
     stats = torch.zeros(channels), torch.ones(channels)
     extra = {
         "plain": {},
-        "virtual": {"virtual_batch_size": 8},
+        "virtual": {"virtual_batch_size": x.shape[0] // 4},  # 4 groups, as in bench
         "weights": {"batch_weights": torch.rand(x.shape[0])},
         "mask": {"mask": torch.rand((x.shape[0], *x.shape[2:])) > 0.3},
     }[option]
@@ -130,6 +132,9 @@ def main() -> None:
         "--options", default="plain,virtual,weights", help="of plain, virtual, weights, mask"
     )
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--cases", default="", help="only the cases whose name contains this text (default: all)"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument(
         "--mode", default="train", choices=["train", "infer"], help="forward+backward, or inference"
@@ -143,6 +148,8 @@ def main() -> None:
     before = functional_at(args.rev)
     training = args.mode == "train"
     for name, (shape, memory_format) in CASES.items():
+        if args.cases not in name:
+            continue
         x = torch.randn(shape).to(dtype).contiguous(memory_format=memory_format).requires_grad_()
         dy = torch.randn_like(x)
         stats = torch.zeros(shape[1]), torch.ones(shape[1])

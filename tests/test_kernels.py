@@ -153,6 +153,27 @@ def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypat
     torch.testing.assert_close(moments.var.double(), want_var, rtol=1e-5, atol=1e-6)
 
 
+def _route_without_block_view(
+    monkeypatch, route: str, x: torch.Tensor, axes, *, ghost_channels_last: bool
+) -> None:
+    """Force how a layout without a block view (ghost batches of channels_last) is cut.
+
+    ``"ATen slices"``: the input's own slices (one example each); ``"regrouped slices"``:
+    examples too small, so for ghost batches of channels_last a copy regrouped into slices of
+    one ghost group each (checked), and blocks for other layouts; ``"upcast blocks"``: no
+    slices at all.
+    """
+    example = x[(0,) * (x.dim() - 3)].numel()  # the trailing (C, H, W) of one example
+    limits = {"ATen slices": 1, "regrouped slices": example + 1, "upcast blocks": 1 << 40}
+    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", limits[route])
+    sliced = _aten.aten_slices(x, axes, regroup=True)
+    regrouped = sliced is not None and sliced.regrouped
+    assert regrouped == (route == "regrouped slices" and ghost_channels_last)
+
+
+ROUTES_WITHOUT_BLOCK_VIEW = ["ATen slices", "regrouped slices", "upcast blocks"]
+
+
 # Layouts of a 16-bit batch: with a block view, ATen's statistics kernel and inference kernel;
 # without one (ghost batches of channels_last), blocks upcast one at a time and float32 ops.
 SIXTEEN_BIT_LAYOUTS = {
@@ -170,21 +191,24 @@ SIXTEEN_BIT_LAYOUTS = {
 
 @pytest.mark.parametrize("layout", sorted(SIXTEEN_BIT_LAYOUTS))
 @pytest.mark.parametrize("dtype16", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("without_block_view", ["ATen slices", "upcast blocks"])
+@pytest.mark.parametrize("without_block_view", ROUTES_WITHOUT_BLOCK_VIEW)
 def test_sixteen_bit_moments_output_and_gradients_match_float64(
     layout, dtype16, without_block_view, monkeypatch
 ):
     """16-bit inputs: float32 moments, a 16-bit output, gradients; against float64 autograd.
 
     Layouts without a block view (ghost channels_last) go through ATen's kernels slice by
-    slice, or (slices too small, or none) blocks upcast one at a time; both are forced here.
+    slice (an example each, or a regrouped copy's ghost groups), or (slices too small, or
+    none) blocks upcast one at a time; each is forced here.
     """
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 256)  # several blocks where upcast
-    slice_elements = 1 if without_block_view == "ATen slices" else 1 << 40
-    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", slice_elements)
     make, axes = SIXTEEN_BIT_LAYOUTS[layout]
     generator = torch.Generator().manual_seed(5)
     x = make((torch.randn(6, 4, 5, 7, generator=generator) * 1.5 + 10).to(dtype16))
+    ghost_channels_last = layout == "ghost channels_last"
+    _route_without_block_view(
+        monkeypatch, without_block_view, x, axes, ghost_channels_last=ghost_channels_last
+    )
     keep = tuple(x.shape[d] if d in axes else 1 for d in range(x.dim()))
     scale = torch.rand(keep, generator=generator) + 0.5
     shift = torch.randn(keep, generator=generator)
@@ -383,18 +407,19 @@ def test_constant_channels_give_exactly_beta(layout):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("weight_kind", ["none", "per example", "mask"])
 @pytest.mark.parametrize("need_x", [True, False])
-@pytest.mark.parametrize("sums", ["ATen slices", "blocks"])
+@pytest.mark.parametrize("sums", ROUTES_WITHOUT_BLOCK_VIEW)
 def test_backward_for_ghost_batches_of_channels_last_matches_float64(
     dtype, weight_kind, need_x, sums, monkeypatch
 ):
     """Kept (group, channel) axes apart in memory: ATen's sums slice by slice (one example
-    each) or blocked sums (6 blocks of one example), then the blocked backward apply."""
+    each, or for 16-bit inputs a regrouped copy's ghost groups) or blocked sums (6 blocks of
+    one example), then the blocked backward apply."""
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)
-    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", 1 if sums == "ATen slices" else 1 << 40)
     generator = torch.Generator().manual_seed(6)
     x = (torch.randn(6, 4, 5, 5, generator=generator) * 3 + 5).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last).reshape(2, 3, 4, 5, 5)
     axes = (1, 2)
+    _route_without_block_view(monkeypatch, sums, x, axes, ghost_channels_last=True)
     weight_shape = {"none": (1,) * 5, "per example": (2, 3, 1, 1, 1), "mask": (2, 3, 1, 5, 5)}
     weights = torch.rand(weight_shape[weight_kind], generator=generator)
     scale = torch.rand(1, 1, 4, 1, 1, generator=generator) + 0.5  # shared across groups

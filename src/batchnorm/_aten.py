@@ -107,12 +107,21 @@ class AtenSlices:
     views a tensor laid out like the input as ``(slices, outer, channels[, inner])``;
     ``per_slice(v)`` gives a per-kept-index vector as ``(slices, channels)``; ``kept_shaped``
     turns a ``(slices, channels)`` table back into a per-kept-index tensor.
+
+    With ``regrouped``, the slices are those of a copy of the input in memory ``order`` (the
+    input's own are too small): :meth:`laid_out` makes that copy of each tensor to present.
     """
 
     def __init__(
-        self, shape: tuple[int, ...], order: tuple[int, ...], lead: int, kept: list[int]
+        self,
+        shape: tuple[int, ...],
+        order: tuple[int, ...],
+        lead: int,
+        kept: list[int],
+        *,
+        regrouped: bool = False,
     ) -> None:
-        self.order, self.lead = order, lead
+        self.order, self.lead, self.regrouped = order, lead, regrouped
         self.sizes = [shape[d] for d in order]
         first = next(p for p in kept if p >= lead)
         self.count = prod(self.sizes[:lead])
@@ -131,8 +140,15 @@ class AtenSlices:
         inside = self.order[self.lead :]
         return t.dim() == len(self.order) and all(t.shape[d] == 1 for d in inside)
 
+    def laid_out(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` (laid out like the input) as the slices need it: itself, or a regrouped copy."""
+        if not self.regrouped:
+            return t
+        copy = torch.empty_permuted(t.shape, self.order, dtype=t.dtype, device=t.device)
+        return copy.copy_(t)
+
     def present(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` (laid out like the input) as ``(slices, outer, channels[, inner])``, a view."""
+        """``t`` (:meth:`laid_out`) as ``(slices, outer, channels[, inner])``, a view."""
         return t.permute(self.order).view(self.block)
 
     def per_slice(self, v: torch.Tensor) -> torch.Tensor:
@@ -153,16 +169,29 @@ class AtenSlices:
         return grid.reshape(self.kept_shape).permute(self.to_logical)
 
 
-def aten_slices(x: torch.Tensor, axes: Sequence[int]) -> AtenSlices | None:
+def aten_slices(
+    x: torch.Tensor, axes: Sequence[int], *, regroup: bool = False
+) -> AtenSlices | None:
     """``x`` as slices with a block view each (:class:`AtenSlices`), as few as give one.
 
     None for a non-dense or empty ``x``, when even single elements have none, or for slices
-    under ``SLICE_ELEMENTS`` elements. The plan is cached per shape, strides and axes.
+    under ``SLICE_ELEMENTS`` elements. With ``regroup``, slices that are too small give way to
+    those of a copy of ``x`` with the kept dimensions that lie apart from the innermost ones
+    moved outermost in memory (:attr:`AtenSlices.regrouped`): TensorFlow's strided ghost
+    batches of a channels_last ``(64, 256, 14, 14)`` input are 64 examples of 50176 elements
+    each, their copy 4 groups of 16 examples. One copy per tensor costs about a pass; the
+    blocked torch ops it replaces cost several. The plans are cached per shape, strides and
+    axes.
     """
-    sliced = _slice_plan(tuple(x.shape), x.stride(), tuple(axes))
-    if sliced is None or x.numel() < SLICE_ELEMENTS * sliced.count:
-        return None
-    return sliced
+    shape, strides, kept = tuple(x.shape), x.stride(), tuple(axes)
+    sliced = _slice_plan(shape, strides, kept)
+    if regroup and not _large_enough(sliced, x.numel()):
+        sliced = _regrouped_plan(shape, strides, kept)
+    return sliced if _large_enough(sliced, x.numel()) else None
+
+
+def _large_enough(sliced: AtenSlices | None, numel: int) -> bool:
+    return sliced is not None and numel >= SLICE_ELEMENTS * sliced.count
 
 
 @functools.lru_cache(maxsize=256)
@@ -172,9 +201,43 @@ def _slice_plan(
     order = memory_order_of(strides)
     if not is_dense(shape, strides, order):
         return None
+    return _slices_in_order(shape, order, axes)
+
+
+def _slices_in_order(
+    shape: tuple[int, ...],
+    order: tuple[int, ...],
+    axes: tuple[int, ...],
+    *,
+    regrouped: bool = False,
+) -> AtenSlices | None:
+    """The fewest slices of a dense tensor with memory ``order`` that have a block view each."""
     kept = sorted(order.index(a) for a in axes)  # the kept dimensions' places in memory
     for lead in range(1, len(shape)):
         inner = [p for p in kept if p >= lead]
         if inner and inner == list(range(inner[0], inner[-1] + 1)):
-            return AtenSlices(shape, order, lead, kept)
+            return AtenSlices(shape, order, lead, kept, regrouped=regrouped)
     return None
+
+
+@functools.lru_cache(maxsize=256)
+def _regrouped_plan(
+    shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
+) -> AtenSlices | None:
+    """Slices of a copy whose kept dimensions outside the innermost kept run come first.
+
+    Memory ``(V, G, H, W, C)`` with ``G`` and ``C`` kept becomes ``(G, V, H, W, C)``: ``G``
+    slices instead of ``V * G``. None for a non-dense input or one with nothing to move.
+    """
+    order = memory_order_of(strides)
+    if not is_dense(shape, strides, order):
+        return None
+    kept = sorted(order.index(a) for a in axes)
+    run = kept[-1:]
+    while run[0] - 1 in kept:
+        run.insert(0, run[0] - 1)
+    moved = [order[p] for p in kept if p not in run]
+    regrouped = tuple(moved) + tuple(d for d in order if d not in moved)
+    if regrouped == order:  # nothing to move, or already outermost
+        return None
+    return _slices_in_order(shape, regrouped, axes, regrouped=True)

@@ -141,7 +141,7 @@ def _slice_moments(
     Zero-weight slices contribute exactly 0 (:func:`batchnorm._moments.weighted`). None
     without such slices, or when the weights vary within a slice.
     """
-    sliced = aten_slices(x, axes)
+    sliced = aten_slices(x, axes, regroup=weights is None)
     if sliced is None:
         return None
     slice_weights = None
@@ -152,7 +152,7 @@ def _slice_moments(
         per_kept = weights.expand([max(w, k) for w, k in zip(weights.shape, keep, strict=True)])
         slice_weights = sliced.per_slice(per_kept)
         total = sliced.kept_shaped(slice_weights)
-    blocks = sliced.present(x)
+    blocks = sliced.present(sliced.laid_out(x))
     unused = torch.zeros(sliced.channels, dtype=acc, device=x.device)
     parts = [
         torch.ops.aten.batch_norm_update_stats(blocks[i], unused, unused.clone(), 0.0)
