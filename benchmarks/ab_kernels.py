@@ -2,9 +2,10 @@
 
 Both versions run interleaved round by round with the native kernel, so the ratios are free of
 the run-to-run drift of a noisy machine (which separate runs of ``bench`` are not). The fast
-path's modules (``SWAPPED``: sums and blocks, axis bookkeeping, ATen adapters, statistics,
-kernels, and ``functional.py`` that calls them) are loaded as they were at the revision, where
-they existed; the rest of the package is the working tree's. Run from the repository root::
+path's modules (``SWAPPED``: sums and blocks, axis bookkeeping, per-channel maps and the
+moving-statistics update, ATen adapters, statistics, kernels, and ``functional.py`` that calls
+them) are loaded as they were at the revision, where they existed; the rest of the package is
+the working tree's. Run from the repository root::
 
     .venv/bin/python benchmarks/ab_kernels.py --rev HEAD~3
     .venv/bin/python benchmarks/ab_kernels.py --rev main --options plain,virtual --rounds 25
@@ -36,6 +37,7 @@ CASES = {
     "channels_last (32,64,56,56)": ((32, 64, 56, 56), torch.channels_last),
     "channels_last (64,256,14,14)": ((64, 256, 14, 14), torch.channels_last),
     "dense (4096,256)": ((4096, 256), torch.contiguous_format),
+    "tiny NCHW (8,16,4,4)": ((8, 16, 4, 4), torch.contiguous_format),  # per-call overhead
 }
 
 
@@ -57,7 +59,7 @@ def _import_source(name: str, source: str) -> ModuleType:
 
 
 # The fast path's modules, lowest layer first (each may import the ones before it).
-SWAPPED = ("_reductions", "_axes", "_aten", "_statistics", "_kernels", "functional")
+SWAPPED = ("_reductions", "_axes", "_affine", "_aten", "_statistics", "_kernels", "functional")
 
 
 def functional_at(rev: str) -> ModuleType:

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import batchnorm as bn
 from batchnorm import _statistics
+from batchnorm._affine import bessel_factor
 from batchnorm._moments import compute_moments, pool_groups
 from batchnorm._statistics import stats_pass
 from batchnorm._types import Moments
@@ -268,3 +269,23 @@ def test_pooling_groups_is_order_independent_and_associative(groups, rng):
     for other in (shuffled, nested):
         for got, want in zip(other, whole, strict=True):
             torch.testing.assert_close(got, want)
+
+
+@given(
+    st.one_of(st.integers(0, 1 << 12), st.integers(1 << 23, (1 << 25) + 7)),
+    st.sampled_from([torch.float32, torch.float64]),
+)
+def test_bessel_factor_read_to_the_host_equals_the_tensor_ops(count, dtype):
+    """The Python-float factor (a count held by the CPU) is bitwise the tensor computation.
+
+    The oracle is the tensor form written out, in the variance's dtype; counts reach past
+    2^24, where float32 rounds the count itself.
+    """
+    like = torch.ones(3, dtype=dtype)
+    n = torch.tensor(float(count), dtype=dtype)
+    want = n / torch.clamp(n - 1, min=1)
+    host = bessel_factor(float(count), like)
+    assert isinstance(host, float)
+    assert torch.equal(torch.tensor(host, dtype=dtype), want)
+    variance = torch.rand(3, dtype=dtype, generator=torch.Generator().manual_seed(count))
+    assert torch.equal(variance * host, variance * want)

@@ -120,17 +120,46 @@ def float32_round(value: float) -> float:
     return struct.unpack("f", struct.pack("f", value))[0]
 
 
-def bessel_factor(count: torch.Tensor) -> torch.Tensor:
-    """``n / max(n - 1, 1)``: turns a biased variance into TensorFlow's fused-kernel estimate.
+def bessel_factor(count: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor | float:
+    """``n / max(n - 1, 1)`` in ``like``'s dtype: a biased variance to TensorFlow's fused estimate.
 
     The guard makes a single element (n = 1) keep its (zero) variance instead of dividing by 0.
+    A count already read to the host (:func:`_host_count`) gives a Python float, without tensor
+    ops, equal to the tensor result for float32 and float64: Python's float64 subtraction and
+    division rounded once more to float32 are float32's own (double rounding is innocuous for
+    them when the wider format has at least ``2p + 2`` bits, 53 against 50).
 
     Example:
-        >>> bessel_factor(torch.tensor([1.0, 2.0, 5.0])).tolist()
+        >>> bessel_factor(torch.tensor([1.0, 2.0, 5.0]), torch.ones(3)).tolist()
         [1.0, 2.0, 1.25]
-
+        >>> bessel_factor(3.0, torch.ones(3))
+        1.5
     """
+    if isinstance(count, float) and like.dtype in _HOST_ROUNDING:
+        rounded = _HOST_ROUNDING[like.dtype]
+        n = rounded(count)
+        return rounded(n / max(rounded(n - 1.0), 1.0))
+    count = torch.as_tensor(count).to(like)
     return count / torch.clamp(count - 1, min=1)
+
+
+def _host_count(count: torch.Tensor) -> torch.Tensor | float:
+    """``count`` as a Python float where it is one number held by the CPU, else itself.
+
+    Unweighted batches count the same elements in every channel, held in a CPU scalar even for
+    inputs on a GPU, so reading it costs no synchronisation; the update then skips the small
+    tensor ops that per-channel counts need.
+
+    Example:
+        >>> _host_count(torch.tensor(6.0)), _host_count(torch.tensor([6.0, 4.0])).tolist()
+        (6.0, [6.0, 4.0])
+    """
+    if count.numel() == 1 and count.device.type == "cpu":
+        return float(count)
+    return count
+
+
+_HOST_ROUNDING = {torch.float32: float32_round, torch.float64: float}
 
 
 def _clip_value(value: object, like: torch.Tensor) -> torch.Tensor:
@@ -217,6 +246,7 @@ def updated_statistics(
     """
     mean = batch.mean.to(state["moving_mean"])
     var = batch.var.to(state["moving_variance"])
+    count = _host_count(batch.count)
     new: dict[str, torch.Tensor] = {}
     if zero_debias:
         biased = ema_update(state["moving_mean_biased"], mean, momentum)
@@ -237,10 +267,11 @@ def updated_statistics(
         new["renorm_stddev"] = ema_update(state["renorm_stddev"], stddev, renorm_momentum)
     else:
         if variance_correction:
-            var = var * bessel_factor(batch.count.to(var))
+            var = var * bessel_factor(count, var)
         new["moving_variance"] = ema_update(state["moving_variance"], var, momentum)
-    has_data = (batch.count > 0).to(device=mean.device)
-    new = {name: torch.where(has_data, value, state[name]) for name, value in new.items()}
+    if not (isinstance(count, float) and count > 0):  # some channel may have had no data
+        has_data = (batch.count > 0).to(device=mean.device)
+        new = {name: torch.where(has_data, value, state[name]) for name, value in new.items()}
     if zero_debias:
         new["local_step"] = state["local_step"] + 1
     return new

@@ -37,6 +37,7 @@ scratch and go through the float32 code, as the weighted backward apply always i
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from math import prod
 
@@ -245,10 +246,18 @@ def _unit_statistics(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Running mean 0 and variance 1 shaped like ``like``.
 
     With these and ``eps = 0`` ATen's inference kernel computes exactly ``x * weight + bias``:
-    its ``invstd`` is exactly 1.
+    its ``invstd`` is exactly 1. Made once per shape, dtype and device (ATen only reads them).
     """
-    zeros = torch.zeros_like(like)
-    return zeros, zeros + 1
+    return _unit_statistics_of(tuple(like.shape), like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=64)
+def _unit_statistics_of(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(shape, dtype=dtype, device=device), torch.ones(
+        shape, dtype=dtype, device=device
+    )
 
 
 def aten_applies_faster(x: torch.Tensor, axes: Sequence[int]) -> bool:
