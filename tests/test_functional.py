@@ -18,10 +18,10 @@ from configs import (
     option_kwargs,
     state_tensors,
 )
-from conftest import STATS_ROUTES, tolerance
+from conftest import APPLY_ROUTES, STATS_ROUTES, tolerance
 
 import batchnorm as bn
-from batchnorm import _statistics
+from batchnorm import _kernels, _statistics
 from batchnorm.functional import batch_norm
 
 
@@ -53,15 +53,20 @@ def _run(config, x, state, dy, call, *, training, fused):
 
 
 @pytest.mark.parametrize(
-    ("training", "stats_route"),
-    [(True, "two-pass sums"), (True, "var_mean"), (False, "two-pass sums")],
-    ids=["train-sums", "train-var_mean", "infer"],
+    ("training", "stats_route", "apply_route"),
+    [
+        (True, "two-pass sums", "ATen kernel"),
+        (True, "var_mean", "torch ops"),
+        (False, "two-pass sums", "ATen kernel"),  # inference: no training apply
+    ],
+    ids=["train-sums-aten", "train-var_mean-torch", "infer"],
 )
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_fast_path_matches_reference_path(
-    config, training, stats_route, generator, device, monkeypatch
+    config, training, stats_route, apply_route, generator, device, monkeypatch
 ):
     monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
+    monkeypatch.setattr(_kernels, "ATEN_APPLY_ELEMENTS", APPLY_ROUTES[apply_route])
     x = config.make_input(generator)
     state = state_tensors(config, x, generator)
     call = call_tensors(config, x, generator)

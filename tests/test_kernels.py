@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import STATS_ROUTES
+from conftest import APPLY_ROUTES, STATS_ROUTES
 
 import batchnorm as bn
-from batchnorm import _aten, _reductions, _statistics
+from batchnorm import _aten, _kernels, _reductions, _statistics
 from batchnorm._aten import native_inference
 from batchnorm._kernels import NormalizeApply
 from batchnorm._reductions import channel_sum, channel_sum_of_squares
@@ -347,9 +347,19 @@ def test_inference_gradient_for_strides_that_only_look_channels_last():
     torch.testing.assert_close(x.grad, dy)
 
 
-@pytest.mark.parametrize("layout", ["NCHW", "channels_last", "dense"])
+@pytest.mark.parametrize(
+    ("layout", "apply_route"),  # the routes differ on NCHW rows only
+    [
+        ("NCHW", "ATen kernel"),
+        ("NCHW", "torch ops"),
+        ("channels_last", "torch ops"),
+        ("dense", "torch ops"),
+    ],
+)
 @pytest.mark.parametrize("offset", [0.0, 12.0, 100.0, 1e4])
-def test_apply_error_stays_within_the_rounding_of_the_mean(layout, offset):
+def test_apply_error_stays_within_the_rounding_of_the_mean(
+    layout, apply_route, offset, monkeypatch
+):
     """float32 output against float64 statistics of the same input, in units of roundoff.
 
     Offsets 0 and 12 (6 standard deviations) take the folded apply, ``x * a + (B - mean * a)``;
@@ -358,6 +368,7 @@ def test_apply_error_stays_within_the_rounding_of_the_mean(layout, offset):
     deviation, measured; the bound allows 8). A one-pass variance or a 16-bit intermediate
     break it by orders of magnitude.
     """
+    monkeypatch.setattr(_kernels, "ATEN_APPLY_ELEMENTS", APPLY_ROUTES[apply_route])
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(16, 8, 12, 12, generator=generator) * 2 + offset
     axis = 1
