@@ -414,9 +414,8 @@ class BatchNormalization(nn.Module):
 
     def _state(self) -> dict[str, torch.Tensor]:
         """The moving statistics by TensorFlow name (only those this configuration has)."""
-        return {
-            name: getattr(self, name) for name in _STATE_NAMES if getattr(self, name) is not None
-        }
+        buffers = self._buffers  # read directly: Module.__getattr__ costs a microsecond a name
+        return {name: buffers[name] for name in _STATE_NAMES if buffers.get(name) is not None}
 
     def _cast_input(self, inputs: torch.Tensor) -> torch.Tensor:
         if self._compute_dtype is not None:
@@ -446,7 +445,7 @@ class BatchNormalization(nn.Module):
     def _commit(self, new_stats: dict[str, torch.Tensor]) -> None:
         with torch.no_grad():
             for key, value in new_stats.items():
-                getattr(self, key).copy_(value)
+                self._buffers[key].copy_(value)
 
     # ------------------------------------------------------------------ deferred updates
     @property
