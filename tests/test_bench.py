@@ -13,6 +13,8 @@ import importlib.util
 import json
 import math
 import platform
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ def test_quick_run_reports_every_row(tmp_path: Path, capsys: pytest.CaptureFixtu
     for key in ("date", "python", "torch", "threads", "cpu_model", "device", "batchnorm"):
         assert key in report["environment"]
     assert report["environment"]["torch"] == torch.__version__
+    assert "batchnorm_revision" in report["environment"]
     assert report["config"]["shapes"] == [[4, 8, 6, 6], [16, 8]]
     assert report["config"]["dtypes"] == ["float32"]  # --quick
 
@@ -518,3 +521,25 @@ def test_nchw_target_is_not_applicable_when_native_is_already_fast() -> None:
     (target,) = [t for t in bench.evaluate_targets(rows) if t["id"] == "plain_fwdbwd_nchw"]
     assert target["met"] is None
     assert target["reason"].startswith("not applicable")
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to read the checkout")
+def test_source_revision_names_the_checkout_commit_or_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of this checkout (editable install); None for a copy outside a checkout."""
+    package = Path(bn.__file__).resolve().parent
+    head = subprocess.run(
+        ["git", "-C", str(package), "rev-parse", "--short=12", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    revision = bench.source_revision()
+    if head and package.parent.name == "src":  # tests run from the source checkout
+        assert revision is not None and revision.split("-")[0] == head
+    copy = tmp_path / "batchnorm" / "__init__.py"
+    copy.parent.mkdir()
+    copy.write_text("")
+    monkeypatch.setattr(bench.bn, "__file__", str(copy))
+    assert bench.source_revision() is None

@@ -71,6 +71,7 @@ import json
 import math
 import os
 import platform
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -1003,6 +1004,32 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
+def source_revision() -> str | None:
+    """The git commit batchnorm runs from (``-dirty`` with local changes), or None.
+
+    Only for a source checkout (an editable install): the package must be the checkout's
+    ``src/batchnorm``, so an installed copy inside some other repository reports None.
+    """
+    package = Path(bn.__file__).resolve().parent
+
+    def git(*arguments: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(package), *arguments],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() / "src" / "batchnorm" != package:
+            return None
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return git("rev-parse", "--short=12", "HEAD") + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _version_of(package: str) -> str | None:
     try:
         return metadata.version(package)
@@ -1018,6 +1045,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "batchnorm": bn.__version__,
+        "batchnorm_revision": source_revision(),
         "numpy": np.__version__,
         "matplotlib": _version_of("matplotlib"),
         "threads": torch.get_num_threads(),
@@ -1161,7 +1189,8 @@ def run(args: argparse.Namespace) -> int:
     units = sum(len(settings.candidates_for(case)) for case in cases)
     progress = _Progress(None if args.quiet else sys.stderr, units)
     print(
-        f"batchnorm bench: torch {env['torch']}, {env['threads']} threads, "
+        f"batchnorm bench ({env['batchnorm_revision'] or env['batchnorm']}): torch "
+        f"{env['torch']}, {env['threads']} threads, "
         f"{env['cpu_model'] or 'unknown CPU'}, device {device}; {rounds_text} after "
         f"{max(1, settings.warmup)} warm-up call(s) per candidate; {allocator}.\n"
         "x native: median / native's median; GB/s: the mode's bound passes (train_fwd 3, "
