@@ -1,0 +1,195 @@
+"""The isolated costs behind the benchmark's misses: each pass of ours against ATen's, interleaved.
+
+``python -m batchnorm bench`` times whole calls. This times the pieces they are made of, each
+alone in a tight loop and interleaved round by round with its counterpart, so a miss in the
+bench can be read as "which pass, how many bytes" (figures in README's performance notes and in
+the closing notes of the performance issue come from here)::
+
+    .venv/bin/python benchmarks/pass_costs.py                  # every section
+    .venv/bin/python benchmarks/pass_costs.py --sections stats,overhead
+
+Sections:
+
+- ``stats``: the float32 statistics of channels_last and dense inputs. ATen's kernel (single-
+  precision running sums) against ours (an exact channel sum, then the variance of ``x - mean``
+  a cache-sized block at a time), with its two parts and a copy of the input for scale.
+- ``bf16``: bfloat16 NCHW: ATen's training forward against the two ATen calls our fast path
+  makes (statistics, then the apply).
+- ``apply``: the training apply on float32 inputs whose channels are innermost: ATen's
+  inference kernel given unit statistics against one ``addcmul``.
+- ``overhead``: the fixed cost of a call: a tiny (8, 16, 4, 4) input, whose kernels cost next to
+  nothing, through the layer and through ``F.batch_norm``.
+
+Times are medians in microseconds; the VM is noisy, so compare within a row, not across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch.nn import functional
+
+import batchnorm as bn
+from batchnorm._reductions import blocked_channel_sum, channel_sum
+from batchnorm._statistics import _centered_square, stats_pass
+from batchnorm.cli._allocator import keep_freed_memory
+
+Candidates = dict[str, Callable[[], object]]
+
+
+def interleaved(candidates: Candidates, rounds: int) -> dict[str, float]:
+    """Median microseconds of each candidate, run in turn every round after one warm-up call."""
+    for run in candidates.values():
+        run()
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) * 1e6 for name, times in samples.items()}
+
+
+def report(title: str, medians: dict[str, float]) -> None:
+    print(f"  {title:34s}" + "".join(f"  {name} {us:8.0f}" for name, us in medians.items()))
+
+
+def _input(shape: tuple[int, ...], dtype: torch.dtype, channels_last: bool) -> torch.Tensor:
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def stats_section(rounds: int) -> None:
+    print("float32 statistics, us: ATen's kernel | ours (= channel sum + variance pass) | a copy")
+    for shape, channels_last in [
+        ((32, 64, 56, 56), True),
+        ((64, 256, 14, 14), True),
+        ((4096, 256), False),
+    ]:
+        x = _input(shape, torch.float32, channels_last)
+        channels = shape[1]
+        mean = stats_pass(x, (1,)).mean
+        unused = torch.zeros(channels)
+        medians = interleaved(
+            {
+                "aten": lambda x=x, unused=unused: torch.ops.aten.batch_norm_update_stats(
+                    x, unused, unused.clone(), 0.0
+                ),
+                "ours": lambda x=x: stats_pass(x, (1,)),
+                "sum": lambda x=x: channel_sum(x, (1,)),
+                "variance": lambda x=x, mean=mean: blocked_channel_sum(
+                    _centered_square, (1,), x, mean
+                ),
+                "copy": lambda x=x: torch.empty_like(x).copy_(x),
+            },
+            rounds,
+        )
+        report(f"{shape} {'channels_last' if channels_last else 'dense'}", medians)
+
+
+def bf16_section(rounds: int) -> None:
+    print("bfloat16 NCHW forward, us: ATen's training forward | its statistics | its apply")
+    for shape in [(32, 64, 56, 56), (64, 256, 14, 14), (8, 32, 112, 112)]:
+        x = _input(shape, torch.bfloat16, channels_last=False)
+        channels = shape[1]
+        ones, zeros = torch.ones(channels), torch.zeros(channels)
+        medians = interleaved(
+            {
+                "train fwd": lambda x=x, ones=ones, zeros=zeros: torch.native_batch_norm(
+                    x, ones, zeros, zeros.clone(), ones.clone(), True, 0.1, 1e-5
+                ),
+                "stats": lambda x=x, ones=ones, zeros=zeros: torch.ops.aten.batch_norm_update_stats(
+                    x, zeros, ones.clone(), 0.0
+                ),
+                "apply": lambda x=x, ones=ones, zeros=zeros: torch.native_batch_norm(
+                    x, ones, zeros, zeros, ones, False, 0.0, 0.0
+                ),
+            },
+            rounds,
+        )
+        report(str(shape), medians)
+
+
+def apply_section(rounds: int) -> None:
+    print("float32 apply, channels innermost, us: ATen's inference kernel | one addcmul")
+    for shape, channels_last in [
+        ((4096, 256), False),
+        ((1024, 1024), False),
+        ((64, 256, 14, 14), True),
+        ((32, 64, 56, 56), True),
+    ]:
+        x = _input(shape, torch.float32, channels_last)
+        channels = shape[1]
+        scale, shift = torch.rand(channels), torch.randn(channels)
+        zeros, ones = torch.zeros(channels), torch.ones(channels)
+        keep = (1, channels) + (1,) * (x.dim() - 2)
+        kept_scale, kept_shift = scale.view(keep), shift.view(keep)
+        medians = interleaved(
+            {
+                "aten": lambda x=x, s=scale, b=shift, z=zeros, o=ones: torch.native_batch_norm(
+                    x, s, b, z, o, False, 0.0, 0.0
+                ),
+                "addcmul": lambda x=x, s=kept_scale, b=kept_shift: torch.addcmul(b, x, s),
+            },
+            rounds,
+        )
+        report(f"{shape} {'channels_last' if channels_last else 'dense'}", medians)
+
+
+def overhead_section(rounds: int) -> None:
+    print("fixed cost of a call, (8, 16, 4, 4) float32, us")
+    x = _input((8, 16, 4, 4), torch.float32, channels_last=False)
+    dy = torch.randn_like(x)
+    layer = bn.BatchNormalization(axis=1, momentum=0.9, epsilon=1e-5)
+    weight, bias = torch.ones(16, requires_grad=True), torch.zeros(16, requires_grad=True)
+    running = torch.zeros(16), torch.ones(16)
+
+    def ours_step() -> None:
+        layer(x.detach().requires_grad_(), training=True).backward(dy)
+
+    def native_step() -> None:
+        xi = x.detach().requires_grad_()
+        functional.batch_norm(xi, *running, weight, bias, True, 0.1, 1e-5).backward(dy)
+
+    def ours_forward() -> None:
+        with torch.no_grad():
+            layer(x, training=True)
+
+    def native_forward() -> None:
+        with torch.no_grad():
+            functional.batch_norm(x, *running, weight, bias, True, 0.1, 1e-5)
+
+    report(
+        "training forward + backward",
+        interleaved({"ours": ours_step, "native": native_step}, rounds * 10),
+    )
+    report(
+        "training forward",
+        interleaved({"ours": ours_forward, "native": native_forward}, rounds * 10),
+    )
+
+
+SECTIONS = {
+    "stats": stats_section,
+    "bf16": bf16_section,
+    "apply": apply_section,
+    "overhead": overhead_section,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    parser.add_argument("--rounds", type=int, default=30)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {keep_freed_memory()}")
+    for name in args.sections.split(","):
+        SECTIONS[name](args.rounds)
+
+
+if __name__ == "__main__":
+    main()
