@@ -15,6 +15,9 @@ Sections:
   a cache-sized block at a time), with its two parts and a copy of the input for scale.
 - ``bf16``: bfloat16 NCHW: ATen's training forward against the two ATen calls our fast path
   makes (statistics, then the apply).
+- ``weighted``: float32 (32, 64, 56, 56) NCHW with per-example weights or a mask: our
+  statistics and backward apply, which carry the weights, against the unweighted ones (ATen's
+  backward does both of its passes in one call; weights need its sums, then ours).
 - ``apply``: the training apply on float32 inputs whose channels are innermost: ATen's
   inference kernel given unit statistics against one ``addcmul``.
 - ``overhead``: the fixed cost of a call: a tiny (8, 16, 4, 4) input, whose kernels cost next to
@@ -34,6 +37,7 @@ import torch
 from torch.nn import functional
 
 import batchnorm as bn
+from batchnorm._kernels import _input_gradient
 from batchnorm._reductions import blocked_channel_sum, channel_sum
 from batchnorm._statistics import _centered_square, stats_pass
 from batchnorm.cli._allocator import keep_freed_memory
@@ -114,6 +118,61 @@ def bf16_section(rounds: int) -> None:
         report(str(shape), medians)
 
 
+def weighted_section(rounds: int) -> None:
+    print("float32 (32, 64, 56, 56) NCHW with weights, us: statistics | backward")
+    x = _input((32, 64, 56, 56), torch.float32, channels_last=False)
+    dy = torch.randn_like(x)
+    generator = torch.Generator().manual_seed(1)
+    weights = {
+        "none": None,
+        "per example": torch.rand(32, 1, 1, 1, generator=generator),
+        "mask": (torch.rand(32, 1, 56, 56, generator=generator) > 0.3).float(),
+    }
+    moments = stats_pass(x, (1,))
+    invstd = torch.rsqrt(moments.var + 1e-3)
+    scale = torch.ones(1, 64, 1, 1)
+    report(
+        "statistics",
+        interleaved(
+            {name: lambda w=w: stats_pass(x, (1,), w) for name, w in weights.items()}, rounds
+        ),
+    )
+
+    def aten_backward(output_mask: list[bool]) -> object:
+        return torch.ops.aten.native_batch_norm_backward(
+            dy,
+            x,
+            scale.view(-1),
+            None,
+            None,
+            moments.mean.view(-1),
+            invstd.view(-1),
+            True,
+            0.0,
+            output_mask,
+        )
+
+    _, sum_dy_x_hat, sum_dy = aten_backward([False, True, True])
+    backward = {
+        "aten, all": lambda: aten_backward([True, True, True]),
+        "aten sums": lambda: aten_backward([False, True, True]),
+    }
+    for name in ("per example", "mask"):
+        backward[f"our apply, {name}"] = lambda w=weights[name]: _input_gradient(
+            x,
+            dy,
+            w,
+            moments.mean,
+            invstd,
+            scale,
+            sum_dy.view(scale.shape),
+            sum_dy_x_hat.view(scale.shape),
+            (1,),
+            True,
+        )
+    report("backward", interleaved(backward, rounds))
+
+
 def apply_section(rounds: int) -> None:
     print("float32 apply, channels innermost, us: ATen's inference kernel | one addcmul")
     for shape, channels_last in [
@@ -176,6 +235,7 @@ def overhead_section(rounds: int) -> None:
 SECTIONS = {
     "stats": stats_section,
     "bf16": bf16_section,
+    "weighted": weighted_section,
     "apply": apply_section,
     "overhead": overhead_section,
 }
