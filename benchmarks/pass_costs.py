@@ -18,6 +18,10 @@ Sections:
 - ``weighted``: float32 (32, 64, 56, 56) NCHW with per-example weights or a mask: our
   statistics and backward apply, which carry the weights, against the unweighted ones (ATen's
   backward does both of its passes in one call; weights need its sums, then ours).
+- ``ghost``: the backward sums of TensorFlow's strided ghost batches (4 groups) of a
+  channels_last (64, 256, 14, 14) input, which has no block view: blocked torch ops, ATen's
+  kernel an example at a time, or a ghost group at a time of a regrouped copy; against ATen's
+  sums of the same input without groups.
 - ``apply``: the training apply on float32 inputs whose channels are innermost: ATen's
   inference kernel given unit statistics against one ``addcmul``.
 - ``overhead``: the fixed cost of a call: a tiny (8, 16, 4, 4) input, whose kernels cost next to
@@ -37,7 +41,8 @@ import torch
 from torch.nn import functional
 
 import batchnorm as bn
-from batchnorm._kernels import _input_gradient
+from batchnorm import _aten
+from batchnorm._kernels import _blocked_sums, _input_gradient, _slice_sums
 from batchnorm._reductions import blocked_channel_sum, channel_sum
 from batchnorm._statistics import _centered_square, stats_pass
 from batchnorm.cli._allocator import keep_freed_memory
@@ -173,6 +178,40 @@ def weighted_section(rounds: int) -> None:
     report("backward", interleaved(backward, rounds))
 
 
+def ghost_section(rounds: int) -> None:
+    print("ghost batches, channels_last (64, 256, 14, 14), backward sums, us")
+    for dtype in (torch.float32, torch.bfloat16):
+        report(str(dtype).removeprefix("torch."), _ghost_sums(dtype, rounds))
+
+
+def _ghost_sums(dtype: torch.dtype, rounds: int) -> dict[str, float]:
+    x = _input((64, 256, 14, 14), dtype, channels_last=True)
+    dy = torch.randn_like(x)
+    grouped, grouped_dy = x.view(16, 4, 256, 14, 14), dy.view(16, 4, 256, 14, 14)
+    axes = (1, 2)
+    mean, invstd = torch.zeros(1, 4, 256, 1, 1), torch.ones(1, 4, 256, 1, 1)
+    zeros, ones = torch.zeros(256), torch.ones(256)
+
+    def sliced(slice_elements: int) -> object:
+        saved = _aten.SLICE_ELEMENTS
+        _aten.SLICE_ELEMENTS = slice_elements
+        try:
+            return _slice_sums(grouped, grouped_dy, mean, invstd, axes)
+        finally:
+            _aten.SLICE_ELEMENTS = saved
+
+    candidates: Candidates = {
+        "aten, no groups": lambda: torch.ops.aten.native_batch_norm_backward(
+            dy, x, None, None, None, zeros, ones, True, 0.0, [False, True, True]
+        ),
+        "blocked": lambda: _blocked_sums(grouped, grouped_dy, mean, invstd, axes),
+        "per example": lambda: sliced(1),
+    }
+    if dtype != torch.float32:  # examples are too small to slice: 16-bit inputs regroup
+        candidates["regrouped"] = lambda: sliced(_aten.SLICE_ELEMENTS)
+    return interleaved(candidates, rounds)
+
+
 def apply_section(rounds: int) -> None:
     print("float32 apply, channels innermost, us: ATen's inference kernel | one addcmul")
     for shape, channels_last in [
@@ -236,6 +275,7 @@ SECTIONS = {
     "stats": stats_section,
     "bf16": bf16_section,
     "weighted": weighted_section,
+    "ghost": ghost_section,
     "apply": apply_section,
     "overhead": overhead_section,
 }
