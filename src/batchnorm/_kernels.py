@@ -186,10 +186,10 @@ def folded_apply(
     Inference's whole pass (the moving statistics folded in by
     :func:`batchnorm._affine.inference_affine`) and training's folded apply (:func:`_apply`).
     Where :func:`aten_applies_faster` (and for float inputs from ``ATEN_APPLY_ELEMENTS``
-    elements), ATen's inference kernel given :func:`_unit_statistics`
-    (16-bit in and out with float32 arithmetic); elsewhere :func:`scale_and_shift` (float32
-    ``(4096, 256)``: 0.14 ms against ATen's 0.33 ms on this machine), 16-bit inputs without a
-    block view ATen's kernel slice by slice (:func:`_slice_apply`) or a block upcast at a time.
+    elements), ATen's inference kernel given :func:`_unit_statistics` (16-bit in and out with
+    float32 arithmetic); elsewhere :func:`scale_and_shift` (float32 ``(4096, 256)``: 0.17 ms
+    against ATen's 0.26 ms here, ``benchmarks/pass_costs.py``), 16-bit inputs without a block
+    view ATen's kernel slice by slice (:func:`_slice_apply`) or a block upcast at a time.
     ``scale`` and ``shift`` are in the accumulation dtype, shaped like the kept dimensions of
     ``x`` (1 elsewhere). Builds no graph: inputs must not need gradients.
 
@@ -257,9 +257,8 @@ def _unit_statistics(like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _unit_statistics_of(
     shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.zeros(shape, dtype=dtype, device=device), torch.ones(
-        shape, dtype=dtype, device=device
-    )
+    zeros = torch.zeros(shape, dtype=dtype, device=device)
+    return zeros, torch.ones(shape, dtype=dtype, device=device)
 
 
 def aten_applies_faster(x: torch.Tensor, axes: Sequence[int]) -> bool:
