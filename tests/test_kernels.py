@@ -198,8 +198,9 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(
     """16-bit inputs: float32 moments, a 16-bit output, gradients; against float64 autograd.
 
     Layouts without a block view (ghost channels_last) go through ATen's kernels slice by
-    slice (an example each, or a regrouped copy's ghost groups), or (slices too small, or
-    none) blocks upcast one at a time; each is forced here.
+    slice (an example each; where examples are too small, the moments and backward sums a
+    regrouped copy's ghost groups, the apply upcast blocks), or (slices too small, or none)
+    blocks upcast one at a time; each is forced here.
     """
     monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 256)  # several blocks where upcast
     make, axes = SIXTEEN_BIT_LAYOUTS[layout]
