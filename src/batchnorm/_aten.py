@@ -17,7 +17,7 @@ from math import prod
 import torch
 
 from batchnorm._moments import accumulation_dtype
-from batchnorm._reductions import block_view, from_block_view, is_dense, memory_order_of
+from batchnorm._reductions import block_view, is_dense, memory_order_of, viewed_like
 
 __all__ = ["SLICE_ELEMENTS", "AtenSlices", "aten_input", "aten_slices", "native_inference"]
 
@@ -91,7 +91,7 @@ def native_inference(
         epsilon,
         torch.backends.cudnn.enabled,
     )
-    return y if restore is None else from_block_view(y, restore)
+    return y if restore is None else viewed_like(y, restore)
 
 
 # Fewest elements per slice for which ATen's kernels run slice by slice (:func:`aten_slices`):
@@ -199,9 +199,7 @@ def _slice_plan(
     shape: tuple[int, ...], strides: tuple[int, ...], axes: tuple[int, ...]
 ) -> AtenSlices | None:
     order = memory_order_of(strides)
-    if not is_dense(shape, strides, order):
-        return None
-    return _slices_in_order(shape, order, axes)
+    return _slices_in_order(shape, order, axes) if is_dense(shape, strides, order) else None
 
 
 def _slices_in_order(

@@ -53,10 +53,10 @@ from batchnorm._reductions import (
     blocks,
     channel_sum,
     combine_blocks,
-    from_block_view,
     memory_order,
     scratch_space,
     upcast_blocks,
+    viewed_like,
 )
 
 __all__ = ["NormalizeApply", "aten_applies_faster", "folded_apply", "scale_and_shift"]
@@ -199,12 +199,12 @@ def folded_apply(
         >>> folded_apply(x, (1,), torch.full((1, 1), 2.0), torch.ones(1, 1)).flatten().tolist()
         [3.0, 7.0]
     """
-    large = x.numel() >= ATEN_APPLY_ELEMENTS or x.dtype in (torch.bfloat16, torch.float16)
-    if large and aten_applies_faster(x, axes):
+    sixteen_bit = x.dtype != scale.dtype
+    if (sixteen_bit or x.numel() >= ATEN_APPLY_ELEMENTS) and aten_applies_faster(x, axes):
         y = native_inference(x, axes, *_unit_statistics(scale), scale, shift, 0.0)
         if y is not None:
             return y
-    if x.dtype == scale.dtype:
+    if not sixteen_bit:
         return scale_and_shift(x, scale, shift, out=torch.empty_like(x))
     y = _slice_apply(x, axes, scale, shift)
     return y if y is not None else _upcast_apply(x, scale, shift)
@@ -435,7 +435,7 @@ def _native_backward(
     )
     keep = mean.shape
     if dx is not None and restore is not None:
-        dx = from_block_view(dx, restore)
+        dx = viewed_like(dx, restore)
     return (
         dx,
         dscale.view(keep) if dscale is not None else None,

@@ -29,13 +29,13 @@ __all__ = [
     "channel_sum",
     "channel_sum_of_squares",
     "combine_blocks",
-    "from_block_view",
     "is_dense",
     "keep_shape",
     "memory_order",
     "memory_order_of",
     "scratch_space",
     "upcast_blocks",
+    "viewed_like",
 ]
 
 
@@ -99,13 +99,17 @@ def is_dense(shape: tuple[int, ...], strides: tuple[int, ...], order: Sequence[i
     return expected != 0
 
 
-def from_block_view(block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Undo :func:`block_view`: ``block`` reshaped to ``like``'s shape and strides."""
-    return _viewed_like(block, like)
+def viewed_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``flat`` (``like.numel()`` elements in memory order) with ``like``'s shape and strides.
 
+    Undoes :func:`block_view` (an output computed on the block view of ``like``) and lays a
+    flat scratch buffer out like a block.
 
-def _viewed_like(flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``flat`` (``like.numel()`` elements in memory order) with ``like``'s shape and strides."""
+    Example:
+        >>> like = torch.empty(2, 3).t()  # shape (3, 2), columns contiguous
+        >>> viewed_like(torch.arange(6.0), like).stride()
+        (1, 3)
+    """
     shape, to_logical = _layout_plan(tuple(like.shape), like.stride())
     in_memory_order = flat.reshape(shape)
     return in_memory_order if to_logical is None else in_memory_order.permute(to_logical)
@@ -246,7 +250,7 @@ class ScratchSpace(threading.local):
                 max(block.numel(), BLOCK_ELEMENTS), dtype=dtype, device=block.device
             )
             self.buffers[key] = buffer
-        return _viewed_like(buffer[: block.numel()], block)
+        return viewed_like(buffer[: block.numel()], block)
 
 
 scratch_space = ScratchSpace()
