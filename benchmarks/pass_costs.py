@@ -21,7 +21,8 @@ Sections:
 - ``ghost``: the backward sums of TensorFlow's strided ghost batches (4 groups) of a
   channels_last (64, 256, 14, 14) input, which has no block view: blocked torch ops, ATen's
   kernel an example at a time, or a ghost group at a time of a regrouped copy; against ATen's
-  sums of the same input without groups.
+  sums of the same input without groups. Then the bfloat16 forward passes with a regrouped
+  copy against upcast blocks: the statistics regroup, the apply does not.
 - ``apply``: the training apply on float32 inputs whose channels are innermost: ATen's
   inference kernel given unit statistics against one ``addcmul``.
 - ``overhead``: the fixed cost of a call: a tiny (8, 16, 4, 4) input, whose kernels cost next to
@@ -42,9 +43,9 @@ from torch.nn import functional
 
 import batchnorm as bn
 from batchnorm import _aten
-from batchnorm._kernels import _blocked_sums, _input_gradient, _slice_sums
+from batchnorm._kernels import _blocked_sums, _input_gradient, _slice_sums, _upcast_apply
 from batchnorm._reductions import blocked_channel_sum, channel_sum
-from batchnorm._statistics import _centered_square, stats_pass
+from batchnorm._statistics import _centered_square, _slice_moments, _upcast_moments, stats_pass
 from batchnorm.cli._allocator import keep_freed_memory
 
 Candidates = dict[str, Callable[[], object]]
@@ -182,6 +183,42 @@ def ghost_section(rounds: int) -> None:
     print("ghost batches, channels_last (64, 256, 14, 14), backward sums, us")
     for dtype in (torch.float32, torch.bfloat16):
         report(str(dtype).removeprefix("torch."), _ghost_sums(dtype, rounds))
+    print("the same, bfloat16 forward passes, us: a regrouped copy's slices | upcast blocks")
+    x = _input((64, 256, 14, 14), torch.bfloat16, channels_last=True).view(16, 4, 256, 14, 14)
+    axes, reduce_dims = (1, 2), [0, 3, 4]
+    scale, shift = torch.rand(1, 4, 256, 1, 1), torch.randn(1, 4, 256, 1, 1)
+    statistics_routes = {
+        "regrouped": lambda: _slice_moments(x, axes, reduce_dims, torch.float32),
+        "upcast": lambda: _upcast_moments(x, None, axes, reduce_dims, torch.float32),
+    }
+    report("statistics", interleaved(statistics_routes, rounds))
+    regrouped_apply = _aten.aten_slices(x, axes, regroup=True)
+    assert regrouped_apply is not None
+
+    def apply_regrouped() -> torch.Tensor:  # what the apply would do with the regrouped slices
+        laid_out = regrouped_apply.laid_out(x)
+        y = torch.empty_like(laid_out)
+        x_slices, y_slices = regrouped_apply.present(laid_out), regrouped_apply.present(y)
+        scales, shifts = regrouped_apply.per_slice(scale), regrouped_apply.per_slice(shift)
+        zeros, ones = torch.zeros(256), torch.ones(256)
+        for i in range(regrouped_apply.count):
+            torch.ops.aten.native_batch_norm.out(
+                x_slices[i],
+                scales[i],
+                shifts[i],
+                zeros,
+                ones,
+                False,
+                0.0,
+                0.0,
+                out=y_slices[i],
+                save_mean=zeros.new_empty(0),
+                save_invstd=zeros.new_empty(0),
+            )
+        return torch.empty_like(x).copy_(y)
+
+    apply_routes = {"regrouped": apply_regrouped, "upcast": lambda: _upcast_apply(x, scale, shift)}
+    report("apply", interleaved(apply_routes, rounds))
 
 
 def _ghost_sums(dtype: torch.dtype, rounds: int) -> dict[str, float]:
