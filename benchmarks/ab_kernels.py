@@ -98,7 +98,7 @@ def training_step(
         "plain": {},
         "virtual": {"virtual_batch_size": x.shape[0] // 4},  # 4 groups, as in bench
         "weights": {"batch_weights": torch.rand(x.shape[0])},
-        "mask": {"mask": torch.rand((x.shape[0], *x.shape[2:])) > 0.3},
+        "mask": {"mask": torch.rand((x.shape[0], 1, *x.shape[2:])) > 0.3},
     }[option]
 
     def step() -> None:

@@ -91,10 +91,8 @@ def call_tensors(config: Config, x: torch.Tensor, generator: torch.Generator) ->
         made["batch_weights"][0] = 2.0  # never all zero
     elif kind == "float":
         made["batch_weights"] = torch.rand(batch, generator=generator, dtype=torch.float64)
-    if config.extra.get("mask"):
-        _, axes = _shape_for(config, x)
-        shape = [s for d, s in enumerate(x.shape) if d not in axes]
-        mask = torch.rand(shape, generator=generator) > 0.3
+    if config.extra.get("mask"):  # Keras' form: the input's shape without its last axis
+        mask = torch.rand(x.shape[:-1], generator=generator) > 0.3
         mask.view(-1)[0] = True
         made["mask"] = mask
     kind = config.extra.get("adjustment")

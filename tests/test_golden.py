@@ -165,3 +165,16 @@ def test_manifest_covers_the_foundation_matrix():
     assert {c["input_dtype"] for c in CASES} >= {"float32", "float64", "float16", "bfloat16"}
     assert any(c["tf_fused"] for c in CASES) and any(not c["tf_fused"] for c in CASES)
     assert all(c["steps"] >= 5 for c in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_fused_attribute_after_build_is_tensorflows(case):
+    """``layer.fused`` after the build is what TensorFlow's layer held (the manifest's)."""
+    kwargs = dict(case["layer_kwargs"])
+    if case.get("adjustment"):
+        kwargs["adjustment"] = lambda shape: (1.0, 0.0)
+    layer = LAYER_CLASSES[case["library"]](**kwargs)
+    if case["library"] == "tf_keras_v1" and kwargs.get("fused") is None:
+        assert layer.fused is True  # the V1 class turns None into True at construction
+    layer.build(case["input_shape"])
+    assert layer.fused is bool(case["tf_fused"])

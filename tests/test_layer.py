@@ -169,7 +169,7 @@ def test_training_none_follows_module_mode(generator):
 
 def test_lazy_build_and_input_shape_build_agree():
     lazy = bn.BatchNormalization(axis=1)
-    assert not lazy.built and lazy.gamma is None
+    assert not lazy.built and isinstance(lazy.gamma, torch.nn.UninitializedParameter)
     with pytest.raises(bn.BatchNormError, match="not built"):
         lazy.count_params()
     lazy(torch.randn(2, 3, 4))
@@ -335,3 +335,43 @@ def test_deepcopy_and_module_conveniences(generator):
     mask = torch.ones(2, 4, dtype=torch.bool)
     assert layer.compute_mask(torch.zeros(2, 3, 4), mask) is mask
     assert layer.variables == layer.weights
+
+
+def test_an_unbuilt_layer_has_no_weights_as_in_keras():
+    """Keras: ``get_weights()`` of an unbuilt layer is ``[]`` and ``set_weights([])`` works."""
+    layer = bn.BatchNormalization(gamma_regularizer="l2", gamma_constraint="non_neg")
+    assert layer.get_weights() == [] and layer.weights == [] and layer.losses == []
+    assert layer.trainable_weights == [] and layer.non_trainable_weights == []
+    layer.set_weights([])
+    layer.apply_constraints()
+    with pytest.raises(bn.BatchNormError, match=r"len\(weights\)=1; expected \[\] \(layer"):
+        layer.set_weights([np.ones(3)])
+    assert not layer.built
+    assert bn.BatchNormalization.supports_masking and layer.supports_masking
+
+
+@pytest.mark.parametrize(
+    ("convert", "name", "compute"),
+    [
+        (lambda layer: layer.half(), "float16", "float16"),
+        (lambda layer: layer.to(torch.bfloat16), "bfloat16", "bfloat16"),
+        (lambda layer: layer.double(), "float64", "float64"),
+        (lambda layer: layer.float(), "float32", None),
+    ],
+)
+def test_dtype_and_config_follow_the_module_after_conversion(convert, name, compute):
+    """After ``.to()``/``.half()`` the layer computes in, and reports, its weights' dtype."""
+    layer = bn.BatchNormalization(axis=1, input_shape=(3, 2))
+    convert(layer)
+    assert layer.dtype == name and layer.get_config()["dtype"] == name
+    assert layer.compute_dtype == compute
+    y = layer(torch.randn(4, 3, 2), training=True)
+    assert y.dtype == getattr(torch, name)
+    rebuilt = bn.BatchNormalization.from_config(layer.get_config())
+    assert rebuilt.dtype == name
+
+
+def test_a_policy_name_survives_a_move_to_another_device():
+    layer = bn.BatchNormalization(dtype="mixed_float16", input_shape=(3,)).to("cpu")
+    assert layer.get_config()["dtype"] == "mixed_float16"
+    assert (layer.dtype, layer.compute_dtype) == ("float32", "float16")

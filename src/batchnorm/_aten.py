@@ -19,7 +19,14 @@ import torch
 from batchnorm._moments import accumulation_dtype
 from batchnorm._reductions import block_view, is_dense, memory_order_of, viewed_like
 
-__all__ = ["SLICE_ELEMENTS", "AtenSlices", "aten_input", "aten_slices", "native_inference"]
+__all__ = [
+    "SLICE_ELEMENTS",
+    "AtenSlices",
+    "aten_input",
+    "aten_slices",
+    "aten_vector",
+    "native_inference",
+]
 
 
 def aten_input(
@@ -50,6 +57,23 @@ def aten_input(
     return (view[:, :, 0] if view.shape[2] == 1 else view), x
 
 
+def aten_vector(t: torch.Tensor) -> torch.Tensor:
+    """A per-channel tensor as ATen's batch-norm kernels read it: flat and contiguous.
+
+    ATen's CPU kernels for channels-innermost inputs (``(N, C)`` matrices, channels_last)
+    read ``weight``, ``save_mean`` and ``save_invstd`` through raw pointers, ignoring their
+    strides: an expanded or strided vector (a scale shared across ghost groups of a single
+    channel expands with stride 0) would be misread, and the unread gradient left as garbage.
+    Free for the contiguous vectors of most calls (no copy).
+
+    Example:
+        >>> shared = torch.ones(1, 1, 1).expand(1, 4, 1)  # one channel, four ghost groups
+        >>> aten_vector(shared).stride()
+        (1,)
+    """
+    return t.reshape(-1).contiguous()
+
+
 def native_inference(
     x: torch.Tensor,
     axes: Sequence[int],
@@ -76,9 +100,7 @@ def native_inference(
     acc = accumulation_dtype(x.dtype)  # ATen takes 16-bit inputs with float32 statistics
 
     def flat(t: torch.Tensor | None) -> torch.Tensor | None:
-        if t is None or (t.dim() == 1 and t.dtype == acc):  # as given: no view, no copy
-            return t
-        return t.reshape(-1).to(acc)
+        return None if t is None else aten_vector(t.to(acc))  # no copy for a 1-D acc vector
 
     y = torch.batch_norm(  # the op under torch.nn.functional.batch_norm, less its checks
         block,
@@ -152,10 +174,13 @@ class AtenSlices:
         return t.permute(self.order).view(self.block)
 
     def per_slice(self, v: torch.Tensor) -> torch.Tensor:
-        """A per-kept-index ``v`` (1 on reduced dimensions) as ``(slices, channels)``."""
+        """A per-kept-index ``v`` (1 on reduced dimensions) as ``(slices, channels)``.
+
+        Contiguous, so each row is a vector ATen's kernels read right (:func:`aten_vector`).
+        """
         in_memory = v.permute(self.order)
         expanded = in_memory.expand(*self.sizes[: self.lead], *in_memory.shape[self.lead :])
-        return expanded.reshape(self.count, self.channels)
+        return expanded.reshape(self.count, self.channels).contiguous()
 
     def kept_shaped(self, table: torch.Tensor, *, mean: bool = False) -> torch.Tensor:
         """A ``(slices, channels)`` table as a per-kept-index tensor (1 on reduced dimensions).

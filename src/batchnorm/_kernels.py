@@ -45,7 +45,7 @@ from math import prod
 import torch
 from torch.autograd.function import once_differentiable
 
-from batchnorm._aten import aten_input, aten_slices, native_inference
+from batchnorm._aten import aten_input, aten_slices, aten_vector, native_inference
 from batchnorm._moments import no_nan_divide, weight_total
 from batchnorm._reductions import (
     block_view_sizes,
@@ -424,11 +424,11 @@ def _native_backward(
     dx, dscale, dshift = torch.ops.aten.native_batch_norm_backward(
         dy_block,
         block,
-        scale.reshape(-1),
+        aten_vector(scale),
         None,
         None,
-        mean.reshape(-1),
-        invstd.reshape(-1),
+        aten_vector(mean),
+        aten_vector(invstd),
         True,
         0.0,
         list(needs),

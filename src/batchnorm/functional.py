@@ -111,8 +111,13 @@ class BatchNormResult(NamedTuple):
 
 
 class _View(NamedTuple):
-    """The input as the heavy passes see it: ``shape``, kept ``axes``, ghost ``group_dim``."""
+    """The input as the heavy passes see it: ``shape``, kept ``axes``, ghost ``group_dim``.
 
+    Ghost batches split the input's batch dimension (``input_shape[0]``) into two, the ghost
+    size and the group count (:func:`_make_view`); without them the view is the input.
+    """
+
+    input_shape: tuple[int, ...]
     shape: tuple[int, ...]
     axes: tuple[int, ...]
     channel_axes: tuple[int, ...]
@@ -123,20 +128,41 @@ class _View(NamedTuple):
         """Per-channel vectors broadcast against the view (1 on the group dimension)."""
         return tuple(s if d in self.channel_axes else 1 for d, s in enumerate(self.shape))
 
-    def place(self, t: torch.Tensor, batch: int) -> torch.Tensor:
-        """A tensor broadcastable to the input, reshaped to broadcast against the view."""
+    def place(self, t: torch.Tensor, argument: str) -> torch.Tensor:
+        """``t``, broadcastable to the input, as a tensor that broadcasts against the view.
+
+        Broadcasting is numpy's (and TensorFlow's): shapes align on the right. ``t`` first
+        takes the input's rank (leading 1s), so its first dimension is the batch dimension;
+        ghost batches then split that as they split the input's (the batch size into the
+        view's two leading sizes, 1 into ``(1, 1)``). A view, never a copy.
+
+        Raises:
+            BatchNormError: naming ``argument`` if ``t`` does not broadcast to the input.
+        """
+        rank = len(self.input_shape)
+        if t.dim() > rank or any(
+            size not in (1, full)
+            for size, full in zip(reversed(t.shape), reversed(self.input_shape), strict=False)
+        ):
+            raise fail(
+                f"{argument}.shape",
+                tuple(t.shape),
+                f"a shape broadcastable to the input shape {self.input_shape}",
+            )
         if self.group_dim is None:
             return t
-        leading = self.shape[:2] if t.shape[0] == batch and batch > 1 else (1, 1)
-        return t.reshape(leading + tuple(t.shape[1:]))
+        full = t.reshape((1,) * (rank - t.dim()) + tuple(t.shape))
+        leading = (1, 1) if full.shape[0] == 1 else self.shape[:2]
+        return full.reshape(leading + tuple(full.shape[1:]))
 
 
 def _make_view(
     layout: ChannelLayout, virtual_batch_size: int | None, virtual_batch_layout: str
 ) -> _View:
+    """How the heavy passes see an input of ``layout``: itself, or split into ghost batches."""
     shape = layout.input_shape
     if virtual_batch_size is None:
-        return _View(shape, layout.axes, layout.axes, None)
+        return _View(shape, shape, layout.axes, layout.axes, None)
     batch = shape[0]
     check(
         batch % virtual_batch_size == 0,
@@ -152,7 +178,7 @@ def _make_view(
     else:
         leading, group_dim = (groups, virtual_batch_size), 0
     channel_axes = tuple(a + 1 for a in layout.axes)
-    return _View(leading + shape[1:], (group_dim, *channel_axes), channel_axes, group_dim)
+    return _View(shape, leading + shape[1:], (group_dim, *channel_axes), channel_axes, group_dim)
 
 
 def _check_per_channel(tensor: torch.Tensor | None, argument: str, layout: ChannelLayout) -> None:
@@ -176,6 +202,36 @@ def _per_channel(
         return None
     viewed = tensor.reshape(shape)
     return viewed if viewed.dtype == dtype else viewed.to(dtype)
+
+
+def _mask_shape(mask: torch.Tensor, x: torch.Tensor, layout: ChannelLayout) -> tuple[int, ...]:
+    """The shape, of the input's rank, that a Keras ``mask`` is viewed to.
+
+    A mask of rank ``r - 1`` is Keras' (tf_keras and Keras 3 alike): the input's shape
+    without its *last* axis, expanded there whatever ``axis`` is (so it may vary along the
+    channel axes). A mask of the input's rank broadcasts against it as it is. Other ranks, and
+    shapes that do not broadcast, are refused rather than guessed at.
+    """
+    rank = x.dim()
+    shape = tuple(mask.shape)
+    if mask.dim() == rank - 1:
+        shape = (*shape, 1)
+    fits = len(shape) == rank and all(m in (1, s) for m, s in zip(shape, x.shape, strict=True))
+    if fits:
+        return shape
+    expected = (
+        f"the input shape without its last axis, {tuple(x.shape[:-1])} (Keras expands a mask "
+        "at the last axis, whatever axis is), or a full-rank shape broadcastable to the input "
+        f"{tuple(x.shape)}"
+    )
+    without_channels = tuple(s for d, s in enumerate(x.shape) if d not in layout.axes)
+    if shape[:-1] == without_channels and mask.dim() == rank - 1:
+        axes = sorted(layout.axes)
+        expected += (
+            f"; for a mask over every axis but the channel axes {axes}, insert them: "
+            f"mask.unsqueeze({axes[0]})"
+        )
+    raise fail("mask.shape", tuple(mask.shape), expected)
 
 
 def _example_weights(
@@ -206,20 +262,7 @@ def _example_weights(
         )
     if mask is not None:
         check(isinstance(mask, torch.Tensor), "mask", type(mask).__name__, "a torch.Tensor")
-        shape = tuple(mask.shape)
-        if mask.dim() == x.dim() - len(layout.axes):
-            for axis in sorted(layout.axes):
-                shape = (*shape[:axis], 1, *shape[axis:])
-        fits = len(shape) == x.dim() and all(
-            m in (1, s) for m, s in zip(shape, x.shape, strict=True)
-        )
-        if not fits:
-            raise fail(
-                "mask.shape",
-                tuple(mask.shape),
-                f"the input shape {tuple(x.shape)} without its channel axes, or a shape "
-                "broadcastable to the input",
-            )
+        shape = _mask_shape(mask, x, layout)
         mask_weights = mask.detach().reshape(shape).to(dtype)
         weights = mask_weights if weights is None else weights * mask_weights
     return weights
@@ -246,8 +289,8 @@ def _output_affine(
         adj_scale, adj_bias = adjustment(x.shape)
         output = compose(
             Affine(
-                view.place(torch.as_tensor(adj_scale).to(like), x.shape[0]),
-                view.place(torch.as_tensor(adj_bias).to(like), x.shape[0]),
+                view.place(torch.as_tensor(adj_scale).to(like), "adjustment scale"),
+                view.place(torch.as_tensor(adj_bias).to(like), "adjustment bias"),
             ),
             output,
         )
@@ -388,9 +431,11 @@ def batch_norm(
             to ``x``, applied to ``x_hat`` before gamma and beta, in training only.
         batch_weights: Shape ``(batch,)``, non-negative: weighted moments (tf-slim). Integer
             weights equal repeating rows. Constants for autograd.
-        mask: Boolean (or 0/1) tensor with the input's shape without its channel axes, or
-            broadcastable to the input: positions where it is False do not contribute to the
-            statistics (Keras), but are normalised like the others.
+        mask: Boolean (or 0/1) tensor. Keras' form has the input's shape without its
+            *last* axis (``x.shape[:-1]``) and is expanded there, whatever ``axis`` is (as
+            tf_keras and Keras 3 do); a tensor of the input's rank broadcastable to it is
+            taken as it is. Positions where it is False do not contribute to the statistics,
+            but are normalised like the others.
         zero_debias_moving_mean: tf-slim's debiased moving mean; needs ``moving_mean_biased``
             (like ``moving_mean``) and ``local_step`` (a scalar).
         moving_mean_biased: Zero-debias' biased moving mean, like ``moving_mean``.
@@ -477,7 +522,7 @@ def batch_norm(
     weights = _example_weights(x, layout, batch_weights, mask, acc)
     view = _make_view(layout, virtual_batch_size, virtual_batch_layout)
     xv = x.reshape(view.shape)
-    wv = view.place(weights, x.shape[0]) if weights is not None else None
+    wv = view.place(weights, "batch_weights and mask") if weights is not None else None
     shape = view.param_shape
     gamma_v = _per_channel(gamma, shape, acc)
     beta_v = _per_channel(beta, shape, acc)

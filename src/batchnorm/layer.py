@@ -7,6 +7,7 @@ lives in the functional and the modules below it; this file holds the Keras laye
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
 
 from batchnorm import constraints, initializers, regularizers
 from batchnorm._axes import AxisArgument, ChannelLayout, validate_axis_argument
@@ -27,6 +30,7 @@ from batchnorm._errors import (
     check_virtual_batch,
     fail,
 )
+from batchnorm._tf_rules import tensorflow_can_fuse, tensorflow_runs_fused_kernel
 from batchnorm.functional import StatisticsUpdate, batch_norm
 
 __all__ = [
@@ -78,12 +82,24 @@ def _resolve_dtype(dtype: Any) -> tuple[str, torch.dtype, torch.dtype | None]:
     raise fail("dtype", dtype, expected)
 
 
+def _check_single_process(layer_name: str) -> None:
+    """``synchronized=True`` computes one process's statistics: refuse a multi-process run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise BatchNormError(
+            f"synchronized=True in layer {layer_name!r}: statistics synchronized across the "
+            f"{dist.get_world_size()} processes of the default group are not implemented yet; "
+            "pass synchronized=False for per-process statistics"
+        )
+
+
 def _next_name() -> str:
     index = next(_layer_counter)
     return "batch_normalization" if index == 0 else f"batch_normalization_{index}"
 
 
-class BatchNormalization(nn.Module):
+class BatchNormalization(LazyModuleMixin, nn.Module):
     r"""Batch normalization layer with TensorFlow/Keras semantics (Ioffe and Szegedy, 2015).
 
     Normalises each channel with the batch statistics in training and with moving statistics
@@ -122,7 +138,8 @@ class BatchNormalization(nn.Module):
         renorm_momentum: Decay of the renorm statistics, in [0, 1]. Default 0.99.
         fused: None or True for the fast path, False for the reference path. It selects code,
             not numbers (except through ``moving_variance_correction=None``), and every
-            option works on both paths (TensorFlow refuses several with ``fused=True``).
+            option works on both paths (TensorFlow refuses several with ``fused=True``). The
+            attribute :attr:`fused` reports tf_keras' resolved value instead.
         trainable: False freezes the layer: it always runs in inference mode (Keras 2 rule)
             and ``gamma``/``beta`` get ``requires_grad=False``.
         virtual_batch_size: Ghost batch norm: training statistics per group of this many
@@ -132,6 +149,11 @@ class BatchNormalization(nn.Module):
             broadcastable to the input, applied to the normalised value before gamma and beta,
             in training only (not serialized by :meth:`get_config`).
         name: Keras name; unique default ``batch_normalization[_N]``.
+        synchronized: Keras' flag for statistics synchronized across replicas. Accepted so
+            that Keras configs and code load; like TensorFlow outside a distribution
+            strategy, a single process computes its own statistics. Training with it in an
+            initialized ``torch.distributed`` group of several processes raises (not
+            implemented yet) rather than silently computing per-process statistics.
         zero_debias_moving_mean: tf-slim's debiased moving mean; adds ``moving_mean_biased``
             and ``local_step``.
         deferred_updates: Keep each training call's moving-statistics update pending in
@@ -143,7 +165,10 @@ class BatchNormalization(nn.Module):
             or 5, channels-first or -last axis, float16/32 variables, ``fused`` not False);
             True or False force it.
         input_shape: Input shape without the batch axis; builds the weights at once.
-            Otherwise they are built at the first call (create optimizers after that call).
+            Otherwise the weights are ``torch.nn.UninitializedParameter`` /
+            ``UninitializedBuffer`` until the first call materializes them in place (torch's
+            lazy modules: an optimizer created before that call trains them, and
+            ``DistributedDataParallel`` refuses the unbuilt layer).
         dtype: Variable dtype or Keras policy: ``"float32"`` (default), ``"float64"``,
             ``"float16"``/``"bfloat16"`` (float32 variables, 16-bit compute and output; the
             input is cast), ``"float64"`` (float64 variables; the input is cast),
@@ -166,6 +191,7 @@ class BatchNormalization(nn.Module):
     """
 
     _version = _STATE_FORMAT_VERSION
+    supports_masking = True  # Keras: the layer consumes a mask and passes it on
 
     gamma: nn.Parameter | None
     beta: nn.Parameter | None
@@ -196,6 +222,7 @@ class BatchNormalization(nn.Module):
         adjustment: Callable[[torch.Size], tuple[Any, Any]] | None = None,
         name: str | None = None,
         *,
+        synchronized: bool = False,
         zero_debias_moving_mean: bool = False,
         deferred_updates: bool = False,
         moving_variance_correction: bool | None = None,
@@ -215,11 +242,13 @@ class BatchNormalization(nn.Module):
         check_optional_bool(moving_variance_correction, "moving_variance_correction")
         for flag, value in (
             ("renorm", renorm),
+            ("synchronized", synchronized),
             ("zero_debias_moving_mean", zero_debias_moving_mean),
             ("deferred_updates", deferred_updates),
         ):
             check(isinstance(value, bool), flag, value, "True or False")
         self.renorm = renorm
+        self.synchronized = synchronized
         self.renorm_clipping = check_renorm_clipping(renorm_clipping)
         self.renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
         check_virtual_batch(virtual_batch_size, virtual_batch_layout)
@@ -238,7 +267,7 @@ class BatchNormalization(nn.Module):
         check(name is None or isinstance(name, str), "name", name, "a string or None")
         self.center = center
         self.scale = scale
-        self.fused = fused
+        self._fused = fused
         self.moving_variance_correction = moving_variance_correction
         self.beta_initializer = initializers.get(beta_initializer, argument="beta_initializer")
         self.gamma_initializer = initializers.get(gamma_initializer, argument="gamma_initializer")
@@ -258,10 +287,7 @@ class BatchNormalization(nn.Module):
         self._trainable = trainable
         self._layout: ChannelLayout | None = None
         self._build_input_shape: tuple[int | None, ...] | None = None
-        self.register_parameter("gamma", None)
-        self.register_parameter("beta", None)
-        for buffer in _STATE_NAMES:
-            self.register_buffer(buffer, None)
+        self._register_uninitialized_weights()
         if input_shape is not None:
             check(
                 isinstance(input_shape, (list, tuple, torch.Size)),
@@ -272,6 +298,32 @@ class BatchNormalization(nn.Module):
             self.build((None, *input_shape))
 
     # ------------------------------------------------------------------ building
+    def _state_names(self) -> tuple[str, ...]:
+        """The buffers this configuration has, in Keras order."""
+        names = ("moving_mean", "moving_variance")
+        if self.renorm:
+            names += ("moving_stddev", "renorm_mean", "renorm_stddev")
+        if self.zero_debias_moving_mean:
+            names += ("moving_mean_biased", "local_step")
+        return names
+
+    def _register_uninitialized_weights(self) -> None:
+        """Every weight this configuration has, uninitialized (torch's lazy-module tensors).
+
+        They carry a dtype and device that ``.to()``/``.half()`` change before the build, and
+        :meth:`build` materializes them in place, so references taken before (an optimizer's)
+        stay valid. ``local_step`` is a float32 scalar, as in tf-slim.
+        """
+        factory = {"device": self._device, "dtype": self._variable_dtype}
+        for name, present in (("gamma", self.scale), ("beta", self.center)):
+            parameter = UninitializedParameter(requires_grad=self._trainable, **factory)
+            self.register_parameter(name, parameter if present else None)
+        names = self._state_names()
+        for name in _STATE_NAMES:
+            dtype = torch.float32 if name == "local_step" else self._variable_dtype
+            buffer = UninitializedBuffer(device=self._device, dtype=dtype)
+            self.register_buffer(name, buffer if name in names else None)
+
     @property
     def built(self) -> bool:
         """Whether the weights exist (after :meth:`build`, ``input_shape`` or a first call)."""
@@ -280,11 +332,15 @@ class BatchNormalization(nn.Module):
     def build(self, input_shape: Sequence[int | None]) -> None:
         """Create the weights for inputs of ``input_shape`` (batch axis included, may be None).
 
-        Only the channel sizes must be known; other sizes may be None.
+        Only the channel sizes must be known; other sizes may be None. The uninitialized
+        weights are materialized in place with their current dtype (``.half()`` before the
+        build is honoured) on the constructor's ``device`` (else where the first input is, or
+        where ``.to()`` put them).
 
         Raises:
             BatchNormError: if the layer is already built, the rank is below 2, the axis does
-                not fit the rank, or a channel size is unknown.
+                not fit the rank, a channel size is unknown or an initializer returns the
+                wrong shape; no weight is created then.
 
         Example:
             >>> layer = BatchNormalization(axis=[1, 3])
@@ -293,6 +349,10 @@ class BatchNormalization(nn.Module):
             (1, 3, 1, 2)
 
         """
+        self._build(input_shape, device=None)
+
+    def _build(self, input_shape: Sequence[int | None], device: torch.device | None) -> None:
+        """:meth:`build`, materializing on ``device`` when given."""
         check(not self.built, "build", tuple(input_shape), "a layer that is not built yet")
         shape = tuple(None if size is None else int(size) for size in input_shape)
         layout = ChannelLayout.from_axis(self.axis, [1 if s is None else s for s in shape])
@@ -310,37 +370,100 @@ class BatchNormalization(nn.Module):
                 shape[d],
                 "a known, positive channel size",
             )
-        device = self._device
         param_shape = layout.param_shape
         if self.virtual_batch_size is not None:  # TensorFlow's ghost-batch variable shape
             param_shape = (1, 1, *layout.broadcast_shape[1:])
+        values = self._initial_values(param_shape)
+        with torch.no_grad():
+            for name, value in values.items():
+                weight = getattr(self, name)
+                target = device or self._device or weight.device
+                weight.materialize(value.shape, device=target, dtype=weight.dtype)
+                weight.copy_(value)
+        self._layout = layout
+        self._build_input_shape = shape
 
-        def create(initializer: Any) -> torch.Tensor:
+    def _initial_values(self, param_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+        """Every weight's initial value (checked before anything is materialized)."""
+
+        def initial(initializer: Any, argument: str) -> torch.Tensor:
             value = initializer(param_shape, dtype=self._variable_dtype)
             tensor = torch.as_tensor(value, dtype=self._variable_dtype)
             check(
                 tuple(tensor.shape) == param_shape,
-                "initializer result shape",
+                f"{argument} result shape",
                 tuple(tensor.shape),
                 f"{param_shape}",
             )
-            return tensor.to(device) if device is not None else tensor.clone()
+            return tensor
 
+        values = {}
         if self.scale:
-            self.gamma = nn.Parameter(create(self.gamma_initializer), self._trainable)
+            values["gamma"] = initial(self.gamma_initializer, "gamma_initializer")
         if self.center:
-            self.beta = nn.Parameter(create(self.beta_initializer), self._trainable)
-        self.moving_mean = create(self.moving_mean_initializer)
-        self.moving_variance = create(self.moving_variance_initializer)
+            values["beta"] = initial(self.beta_initializer, "beta_initializer")
+        mean = initial(self.moving_mean_initializer, "moving_mean_initializer")
+        variance = initial(self.moving_variance_initializer, "moving_variance_initializer")
+        values |= {"moving_mean": mean, "moving_variance": variance}
         if self.renorm:  # tf_keras: stddevs start at sqrt(moving_variance), renorm_mean at mean
-            self.moving_stddev = torch.sqrt(self.moving_variance)
-            self.renorm_mean = self.moving_mean.clone()
-            self.renorm_stddev = torch.sqrt(self.moving_variance)
+            values |= {
+                "moving_stddev": torch.sqrt(variance),
+                "renorm_mean": mean,
+                "renorm_stddev": torch.sqrt(variance),
+            }
         if self.zero_debias_moving_mean:  # tf-slim: both start at zero
-            self.moving_mean_biased = torch.zeros_like(self.moving_mean)
-            self.local_step = torch.zeros((), dtype=torch.float32, device=self.moving_mean.device)
-        self._layout = layout
-        self._build_input_shape = shape
+            values |= {
+                "moving_mean_biased": torch.zeros_like(mean),
+                "local_step": torch.zeros((), dtype=torch.float32),
+            }
+        return values
+
+    def initialize_parameters(
+        self,
+        inputs: Any,
+        training: Any = None,
+        mask: Any = None,
+        batch_weights: Any = None,
+    ) -> None:
+        """Build from the first input (torch's lazy-module hook, run before :meth:`forward`).
+
+        The input and ``training`` are checked first, so a call that raises leaves the layer
+        unbuilt. A built layer is left as it is.
+        """
+        if self.built:
+            return
+        check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
+        self._resolve_training(training)
+        ChannelLayout.from_axis(self.axis, inputs.shape)
+        placed = self._device is not None or any(
+            t.device.type != "cpu" for t in itertools.chain(self.parameters(), self.buffers())
+        )  # by the constructor or .to(); otherwise the weights follow the input
+        self._build(inputs.shape, device=None if placed else inputs.device)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> BatchNormalization:
+        """``copy.deepcopy``, unbuilt layers included.
+
+        torch cannot deep-copy an ``UninitializedBuffer`` (``torch.nn.LazyBatchNorm1d`` fails
+        too), so the copy gets fresh uninitialized buffers of the same dtype and device.
+        """
+        lazy = {n: b for n, b in self._buffers.items() if isinstance(b, UninitializedBuffer)}
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        for name in lazy:
+            self._buffers[name] = None
+        try:
+            clone.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        finally:
+            self._buffers.update(lazy)
+        for name, buffer in lazy.items():
+            clone._buffers[name] = UninitializedBuffer(device=buffer.device, dtype=buffer.dtype)
+        return clone
+
+    def _lazy_load_hook(self, *args: Any) -> None:
+        """No-op: :meth:`_load_from_state_dict` builds an unbuilt layer from the saved shape.
+
+        (torch's lazy hook would materialize the tensors without the layout they belong to.)
+        """
 
     # ------------------------------------------------------------------ calling
     def forward(
@@ -359,8 +482,10 @@ class BatchNormalization(nn.Module):
                 with ``trainable=False`` always runs inference (Keras 2 rule; the V1 class in
                 :mod:`batchnorm.compat.v1` normalises with batch statistics but skips the
                 update instead).
-            mask: Boolean tensor, the input's shape without its channel axes (Keras): masked
-                positions do not contribute to the statistics. Ignored in inference.
+            mask: Boolean tensor of the input's shape without its *last* axis, expanded
+                there whatever ``axis`` is (Keras), or of the input's rank and broadcastable
+                to it: masked positions do not contribute to the statistics, but are
+                normalised with them. Ignored in inference.
             batch_weights: Shape ``(batch,)``, non-negative per-example weights of the
                 statistics (tf-slim). Ignored in inference.
 
@@ -368,16 +493,13 @@ class BatchNormalization(nn.Module):
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
+        if self._layout is None:  # forward() called directly, without the lazy-module hook
+            self.initialize_parameters(inputs, training)
         check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
         training, update = self._resolve_training(training)
-        if self._layout is not None:
-            self._layout.with_batch(inputs.shape)
-        else:
-            ChannelLayout.from_axis(self.axis, inputs.shape)
-        if not self.built:
-            if self._device is None:
-                self._device = inputs.device
-            self.build(inputs.shape)
+        self._layout.with_batch(inputs.shape)
+        if self.synchronized and training:
+            _check_single_process(self.name)
         x = self._cast_input(inputs)
         state = self._state()
         result = batch_norm(
@@ -389,8 +511,8 @@ class BatchNormalization(nn.Module):
             axis=self.axis,
             momentum=self.momentum,
             epsilon=self.epsilon,
-            fused=self.fused,
-            moving_variance_correction=self.moving_variance_correction,
+            fused=self._fused,
+            moving_variance_correction=self._variance_correction(),
             renorm=self.renorm,
             renorm_clipping=self.renorm_clipping,
             renorm_momentum=self.renorm_momentum,
@@ -418,13 +540,21 @@ class BatchNormalization(nn.Module):
         return {name: buffers[name] for name in _STATE_NAMES if buffers.get(name) is not None}
 
     def _cast_input(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self._compute_dtype is not None:
-            return inputs.to(self._compute_dtype)
+        compute = self._current_compute_dtype()
+        if compute is not None:
+            return inputs.to(compute)
         if not inputs.is_floating_point():
-            return inputs.to(self._variable_dtype)
+            return inputs.to(self._buffers["moving_mean"].dtype)
         return inputs
 
-    # Keras 2 (V2) rule: a frozen layer runs inference. The V1 class overrides both.
+    def _variance_correction(self) -> bool | None:
+        """``moving_variance_correction`` for the functional (tf_keras never fuses synchronized)."""
+        if self.moving_variance_correction is None and self.synchronized:
+            return False
+        return self.moving_variance_correction
+
+    # Keras 2 (V2) rule: a frozen layer runs inference. The V1 class overrides these.
+    _v1_fused_default = False
     _frozen_layer_uses_batch_statistics = False
     _frozen_layer_updates: tuple[str, ...] = ()
 
@@ -493,20 +623,88 @@ class BatchNormalization(nn.Module):
         check(isinstance(value, bool), "trainable", value, "True or False")
         self._trainable = value
         for parameter in (self.gamma, self.beta):
-            if parameter is not None:
-                parameter.requires_grad_(value)
+            if parameter is not None:  # an attribute, which uninitialized parameters accept
+                parameter.requires_grad = value
+
+    def _converted_dtype(self) -> torch.dtype | None:
+        """The weights' dtype when ``.to()``/``.half()``/... changed it since construction."""
+        current = self._buffers["moving_mean"].dtype
+        return None if current == self._variable_dtype else current
+
+    def _current_compute_dtype(self) -> torch.dtype | None:
+        """The dtype inputs are cast to (None: the input's own), following ``.to()``."""
+        converted = self._converted_dtype()
+        if converted is None:
+            return self._compute_dtype
+        return None if converted == torch.float32 else converted
 
     @property
     def dtype(self) -> str:
-        """The variable dtype's name (``"float32"`` unless built as float64), as Keras says it."""
-        return str(self._variable_dtype).removeprefix("torch.")
+        """Keras' ``layer.dtype``: the dtype policy's variable dtype, by name.
+
+        ``"float32"`` for float32 and mixed policies; ``"float16"``/``"bfloat16"``/
+        ``"float64"`` for those policies (as tf_keras says, although a 16-bit layer keeps its
+        weights in float32, as tf_keras does). After ``.to(dtype)``, ``.half()`` or
+        ``.double()`` it is the weights' new dtype.
+
+        Example:
+            >>> layer = BatchNormalization(input_shape=(2,))
+            >>> layer.dtype, layer.double().dtype
+            ('float32', 'float64')
+        """
+        converted = self._converted_dtype()
+        if converted is not None:
+            return str(converted).removeprefix("torch.")
+        if self._dtype_name in _MIXED_POLICIES:
+            return "float32"
+        return self._dtype_name
 
     @property
     def compute_dtype(self) -> str | None:
         """The dtype inputs are cast to, or None when the input's own dtype is kept."""
-        return None if self._compute_dtype is None else str(self._compute_dtype)[6:]
+        compute = self._current_compute_dtype()
+        return None if compute is None else str(compute).removeprefix("torch.")
+
+    @property
+    def fused(self) -> bool | None:
+        """tf_keras' ``layer.fused``: whether TensorFlow would run its fused kernel.
+
+        Before the build: the ``fused`` argument where fusion is possible, else False (the V1
+        class turns None into True). After the build: True or False, TensorFlow's decision
+        for the built rank (:func:`batchnorm._tf_rules.tensorflow_runs_fused_kernel`; False
+        where TensorFlow would refuse ``fused=True``). Our code path follows the argument, not
+        this value; setting the attribute sets the argument.
+
+        Example:
+            >>> layer = BatchNormalization(axis=1)
+            >>> layer.fused is None, layer.build((None, 3, 4, 4)), layer.fused
+            (True, None, True)
+        """
+        options = {
+            "renorm": self.renorm,
+            "virtual_batch_size": self.virtual_batch_size,
+            "adjustment": self.adjustment,
+            "synchronized": self.synchronized,
+        }
+        if self._layout is not None:
+            dtype = self._buffers["moving_mean"].dtype
+            return tensorflow_runs_fused_kernel(
+                self.axis, self._layout.rank, self._fused, dtype, **options
+            )
+        if self._fused is None and self._v1_fused_default:
+            return True
+        possible = tensorflow_can_fuse(self.axis, self._variable_dtype, **options)
+        return self._fused if possible else False
+
+    @fused.setter
+    def fused(self, value: bool | None) -> None:
+        check_optional_bool(value, "fused")
+        self._fused = value
 
     def _named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """(TensorFlow name, tensor) of every weight in Keras order; none before the build."""
+        if not self.built:
+            return []
         names = ("gamma", "beta", *_STATE_NAMES)
         return [(n, getattr(self, n)) for n in names if getattr(self, n) is not None]
 
@@ -529,8 +727,8 @@ class BatchNormalization(nn.Module):
 
     @property
     def trainable_weights(self) -> list[torch.Tensor]:
-        """``[gamma, beta]`` (those present) when trainable, else ``[]``."""
-        if not self._trainable:
+        """``[gamma, beta]`` (those present) when trainable and built, else ``[]``."""
+        if not self._trainable or not self.built:
             return []
         return [t for t in (self.gamma, self.beta) if t is not None]
 
@@ -552,7 +750,7 @@ class BatchNormalization(nn.Module):
             )
 
     def get_weights(self) -> list[np.ndarray]:
-        """The weights as numpy arrays, in Keras order (see :attr:`weights`).
+        """The weights as numpy arrays, in Keras order (see :attr:`weights`); ``[]`` unbuilt.
 
         Example:
             >>> layer = BatchNormalization(center=False, input_shape=(3,))
@@ -560,11 +758,12 @@ class BatchNormalization(nn.Module):
             [[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
 
         """
-        self._require_built("get_weights()")
         return [t.detach().cpu().numpy().copy() for t in self.weights]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Set the weights from arrays in :meth:`get_weights` order; shapes must match exactly.
+
+        An unbuilt layer has no weights: it accepts ``[]`` (as Keras does) and nothing else.
 
         Raises:
             BatchNormError: on a wrong count or shape; no weight is changed then.
@@ -576,13 +775,15 @@ class BatchNormalization(nn.Module):
             [4.0, 4.0]
 
         """
-        self._require_built("set_weights()")
         named = self._named_weights()
+        expected = f"a list of {len(named)} arrays for {[n for n, _ in named]}"
+        if not self.built:
+            expected = f"[] (layer {self.name!r} is not built, so it has no weights yet)"
         check(
             isinstance(weights, (list, tuple)) and len(weights) == len(named),
             "len(weights)",
             len(weights) if isinstance(weights, (list, tuple)) else type(weights).__name__,
-            f"a list of {len(named)} arrays for {[n for n, _ in named]}",
+            expected,
         )
         values = []
         for index, ((weight_name, target), value) in enumerate(zip(named, weights, strict=True)):
@@ -619,7 +820,9 @@ class BatchNormalization(nn.Module):
             [0.04]
 
         """
-        penalties = []
+        penalties: list[torch.Tensor] = []
+        if not self.built:
+            return penalties
         if self.gamma is not None and self.gamma_regularizer is not None:
             penalties.append(self.gamma_regularizer(self.gamma))
         if self.beta is not None and self.beta_regularizer is not None:
@@ -640,6 +843,8 @@ class BatchNormalization(nn.Module):
             [0.0, 2.0, 0.0]
 
         """
+        if not self.built:
+            return
         pairs = ((self.gamma, self.gamma_constraint), (self.beta, self.beta_constraint))
         with torch.no_grad():
             for parameter, constraint in pairs:
@@ -682,7 +887,7 @@ class BatchNormalization(nn.Module):
         config: dict[str, Any] = {
             "name": self.name,
             "trainable": self._trainable,
-            "dtype": self._dtype_name,
+            "dtype": self._policy_name(),
             "axis": axis,
             "momentum": self.momentum,
             "epsilon": self.epsilon,
@@ -712,36 +917,87 @@ class BatchNormalization(nn.Module):
             config["zero_debias_moving_mean"] = True
         if self.deferred_updates:
             config["deferred_updates"] = True
-        if self.fused is not None:
-            config["fused"] = self.fused
+        if self.synchronized:  # as in Keras 3 (tf_keras never writes it)
+            config["synchronized"] = True
+        if self._fused is not None:
+            config["fused"] = self._fused
         if self.moving_variance_correction is not None:
             config["moving_variance_correction"] = self.moving_variance_correction
         return config
 
+    def _policy_name(self) -> str:
+        """``get_config()["dtype"]``: the policy's name, or the weights' dtype once converted."""
+        converted = self._converted_dtype()
+        return self._dtype_name if converted is None else str(converted).removeprefix("torch.")
+
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> BatchNormalization:
-        """Rebuild a layer from :meth:`get_config` output (ours or tf_keras'); never runs code.
+        """Rebuild a layer from a config: ours, tf_keras' or Keras 3's; never runs code.
+
+        Takes what :meth:`get_config` of this class, of ``tf_keras.layers.BatchNormalization``
+        or of ``keras.layers.BatchNormalization`` returns, including tf_keras'
+        ``batch_input_shape`` (a layer made with ``input_shape=``; the result is built for it),
+        dtype policies as strings or ``DTypePolicy``/``Policy`` dicts, and Keras 3's
+        ``synchronized``. Keras' serialized form of a layer (``{"class_name":
+        "BatchNormalization", "config": {...}, "build_config": {...}}``, as in a model's
+        config) is accepted too, and its ``build_config`` builds the layer.
 
         Raises:
-            BatchNormError: for keys this layer does not know.
+            BatchNormError: for keys this layer does not know, or a serialized layer of
+                another class.
 
         Example:
             >>> layer = BatchNormalization(momentum=0.9, gamma_regularizer="l2")
             >>> BatchNormalization.from_config(layer.get_config()).get_config()["momentum"]
             0.9
+            >>> tf_keras_config = {"name": "bn", "batch_input_shape": [None, 3], "axis": [1]}
+            >>> BatchNormalization.from_config(tf_keras_config).moving_mean.tolist()
+            [0.0, 0.0, 0.0]
 
         """
         check(isinstance(config, dict), "config", type(config).__name__, "a dict")
+        build_shape = None
+        if "class_name" in config and "config" in config:  # Keras' serialized layer
+            check(
+                config["class_name"] == "BatchNormalization",
+                "config['class_name']",
+                config["class_name"],
+                "'BatchNormalization'",
+            )
+            build_shape = (config.get("build_config") or {}).get("input_shape")
+            config = config["config"]
+            check(isinstance(config, dict), "config['config']", type(config).__name__, "a dict")
+        options = dict(config)
+        build_shape = options.pop("batch_input_shape", build_shape)
         known = set(_CONFIG_KEYS)
-        unknown = sorted(set(config) - known)
+        unknown = sorted(set(options) - known)
         check(not unknown, "config keys", unknown, f"keys among {sorted(known)}")
-        return cls(**config)
+        layer = cls(**options)
+        if build_shape is not None:
+            check(
+                isinstance(build_shape, (list, tuple)),
+                "batch_input_shape",
+                build_shape,
+                "a list of sizes, the batch axis first (None where unknown)",
+            )
+            layer.build(build_shape)
+        return layer
 
     # ------------------------------------------------------------------ state_dict
     def get_extra_state(self) -> dict[str, Any]:
         """Versioned build information saved in ``state_dict`` under ``_extra_state``."""
         shape = None if self._build_input_shape is None else list(self._build_input_shape)
         return {"format_version": _STATE_FORMAT_VERSION, "build_input_shape": shape}
+
+    def _save_to_state_dict(
+        self, destination: dict[str, Any], prefix: str, keep_vars: bool
+    ) -> None:
+        """Torch's lazy-module saving (uninitialized tensors as they are), plus the extra state.
+
+        (``LazyModuleMixin`` replaces ``nn.Module``'s method and drops ``_extra_state``.)
+        """
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "_extra_state"] = self.get_extra_state()
 
     def set_extra_state(self, state: Any) -> None:
         """Check the saved layout version; the weights themselves load as usual."""
@@ -780,8 +1036,8 @@ class BatchNormalization(nn.Module):
             parts.append("scale=False")
         if not self._trainable:
             parts.append("trainable=False")
-        if self.fused is not None:
-            parts.append(f"fused={self.fused}")
+        if self._fused is not None:
+            parts.append(f"fused={self._fused}")
         return ", ".join(parts)
 
 
@@ -881,6 +1137,7 @@ class BatchNormalizationV1(BatchNormalization):
         [0.0]
     """
 
+    _v1_fused_default = True
     _frozen_layer_uses_batch_statistics = True
     _frozen_layer_updates = ("renorm_mean", "renorm_stddev")
 
@@ -910,6 +1167,7 @@ _CONFIG_KEYS = (
     "virtual_batch_size",
     "virtual_batch_layout",
     "adjustment",
+    "synchronized",
     "zero_debias_moving_mean",
     "deferred_updates",
 )

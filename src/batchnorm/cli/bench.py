@@ -176,7 +176,7 @@ CANDIDATES: dict[str, Candidate] = {
         Candidate(
             "mask",
             "batchnorm",
-            f"{_FUNCTIONAL}, mask=) (Keras mask, 80% True, shape of x without its channel axis)",
+            f"{_FUNCTIONAL}, mask=) (mask, 80% True, shape of x with 1 on its channel axis)",
         ),
         Candidate("zero_debias", "batchnorm", f"{_FUNCTIONAL}, zero_debias_moving_mean=True)"),
         Candidate(
@@ -351,8 +351,9 @@ def _make_inputs(case: Case, device: torch.device, seed: int = 0) -> _Inputs:
     if case.layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
         dy = dy.contiguous(memory_format=torch.channels_last)
-    keep_shape = [s for d, s in enumerate(shape) if d != case.axis % len(shape)]
-    mask = torch.rand(keep_shape, generator=generator) > 0.2
+    # A mask over every position but the channel: full rank, size 1 on the channel axis.
+    mask_shape = [1 if d == case.axis % len(shape) else s for d, s in enumerate(shape)]
+    mask = torch.rand(mask_shape, generator=generator) > 0.2
     trailing = (1,) * (len(shape) - 2) if case.axis == 1 else ()
     adjustment = (
         random(channels, scale=0.1, offset=1.0).reshape(channels, *trailing),
