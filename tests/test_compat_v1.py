@@ -318,8 +318,8 @@ def test_zero_debias_moving_mean(shape):
         biased, step = _ema(biased, m, decay), step + 1
         var = _ema(var, v * n / (n - 1) if corrected else v, decay)
         got = v1.get_variables("bn")
-        _close(got["moving_mean/biased"], biased)
-        assert got["moving_mean/local_step"].item() == step
+        _close(got["bn/moving_mean/biased"], biased)
+        assert got["bn/moving_mean/local_step"].item() == step
         _close(got["moving_mean"], biased / (1 - decay**step))
         _close(got["moving_variance"], var)
 
@@ -482,9 +482,30 @@ def test_standard_variable_collections():
         [a[k] for k in ("gamma", "beta", "moving_mean", "moving_variance")]
     )
     assert ids(v1.trainable_variables()) == ids([a["gamma"], a["beta"]])
-    assert ids(v1.get_collection(v1.GLOBAL_VARIABLES, scope="a/moving_mean/")) == ids(
-        [a["moving_mean/biased"], a["moving_mean/local_step"]]
+    assert ids(v1.get_collection(v1.GLOBAL_VARIABLES, scope="a/a/moving_mean/")) == ids(
+        [a["a/moving_mean/biased"], a["a/moving_mean/local_step"]]
     )
+
+
+SLIM_COLLECTIONS = json.loads((GOLDEN / "peer_configs.json").read_text())["slim_collections"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    SLIM_COLLECTIONS,
+    ids=[f"rank{c['rank']}-{c['scope']}-{c['slim_kwargs']}" for c in SLIM_COLLECTIONS],
+)
+def test_zero_debias_names_and_collections_are_tf_slims(case):
+    """Oracle: tf-slim's global and model variables (tools/make_peer_fixtures.py)."""
+    scope = case["scope"] or "BatchNorm"
+    x = _randn(4, *[3] * (case["rank"] - 1))
+    v1.batch_norm(x, zero_debias_moving_mean=True, scope=case["scope"], **case["slim_kwargs"])
+    full_names = {id(t): f"{scope}/{name}" for name, t in v1.get_variables(scope).items()}
+    for ours, theirs in (
+        (v1.global_variables(), case["global_variables"]),
+        (v1.model_variables(), case["model_variables"]),
+    ):
+        assert sorted(full_names[id(t)] for t in ours) == sorted(theirs)
 
 
 @pytest.mark.parametrize("option", ["updates_collections", "outputs_collections"])
@@ -610,8 +631,8 @@ def test_stored_moving_variance_follows_the_path(row):
                 "beta",
                 "moving_mean",
                 "moving_variance",
-                "moving_mean/biased",
-                "moving_mean/local_step",
+                "bn/moving_mean/biased",
+                "bn/moving_mean/local_step",
             ],
         ),
     ],
@@ -716,7 +737,7 @@ def test_renorm_works_where_tensorflow_refuses(kwargs):
     _close(
         v1.get_variables("bn")["moving_mean"]
         if "zero_debias_moving_mean" not in kwargs
-        else v1.get_variables("bn")["moving_mean/biased"],
+        else v1.get_variables("bn")["bn/moving_mean/biased"],
         _ema(np.zeros(3), m, 0.999),
     )
 
@@ -780,15 +801,6 @@ def _golden_close(name: str, got: torch.Tensor, want: np.ndarray) -> None:
     np.testing.assert_allclose(got64, want64, rtol=1e-5, atol=atol, err_msg=name)
 
 
-def _our_name(tf_name: str, scope: str) -> str:
-    """tf-slim's variable name (relative to the scope) -> get_variables' name.
-
-    tf-slim creates the zero-debias pair one scope deeper: ``BatchNorm/BatchNorm/moving_mean/
-    biased``, which the manifest lists as ``BatchNorm/moving_mean/biased``.
-    """
-    return tf_name.removeprefix(f"{scope}/") if "/moving_mean/" in tf_name else tf_name
-
-
 @pytest.mark.parametrize("case", SLIM_CASES, ids=[c["id"] for c in SLIM_CASES])
 def test_replays_tf_slim(case):
     """tf-slim's numbers (tools/make_golden.py): outputs, gradients, every variable."""
@@ -798,7 +810,8 @@ def test_replays_tf_slim(case):
     kwargs.pop("reuse", None)
     dtype = getattr(torch, case["input_dtype"])
     mode = case["is_training"]
-    tf_names = {_our_name(n, scope): n.replace("/", "__") for n in case["variable_names"]}
+    # get_variables' names are tf-slim's (the manifest's, relative to the scope).
+    tf_names = {n: n.replace("/", "__") for n in case["variable_names"]}
 
     def flag(value: bool):
         return torch.tensor(value) if mode == "tensor" else value

@@ -1,6 +1,6 @@
-"""Write tests/golden/peer_configs.json and tests/golden/peer_masks.npz from tf_keras and Keras 3.
+"""Write tests/golden/peer_configs.json and peer_masks.npz from tf_keras, Keras 3 and tf-slim.
 
-Two small fixture sets that tools/make_golden.py does not cover:
+Small fixture sets that tools/make_golden.py does not cover:
 
 - ``peer_configs.json``: what ``get_config()`` of a tf_keras (TF-2 Keras) and a Keras 3
   ``BatchNormalization`` really contains, for layers made the ways users make them (plain,
@@ -15,6 +15,11 @@ Two small fixture sets that tools/make_golden.py does not cover:
   is; the arrays record the input, mask, output and both moving statistics of each library,
   and ``mask_applied_by`` lists the libraries that used the mask (tf_keras ignores it, with a
   warning, when it runs its fused kernel).
+
+- ``slim_collections`` (in the JSON): the global and model variables that one
+  ``tf_slim.layers.batch_norm(..., zero_debias_moving_mean=True)`` call creates, by scope and
+  code path (tf-slim nests the zero-debias pair under the moving mean's full name, and makes
+  it model variables on its non-fused path only).
 
 Run from the repository root in the TensorFlow environment of tools/make_golden.py (Keras 3 is
 ``pip install keras==3.15.1`` there)::
@@ -193,6 +198,43 @@ def mask_record(index: int, shape, axis, how, arrays: dict[str, np.ndarray]) -> 
     }
 
 
+# tf-slim's zero-debias variables: (input rank, batch_norm kwargs, scope), in TF-1 graph mode.
+SLIM_COLLECTION_CASES: list[tuple[int, dict[str, Any], str | None]] = [
+    (2, {}, None),  # fused path (A)
+    (4, {}, "bn"),  # fused path (A)
+    (3, {}, None),  # legacy path (C)
+    (4, {"fused": False}, "bn"),  # legacy path (C)
+    (2, {"updates_collections": None}, "outer/bn"),  # fused path (A), a nested scope
+    (3, {"scale": True}, "outer/bn"),  # legacy path (C), a nested scope
+]
+
+
+def slim_collections(rank: int, kwargs: dict[str, Any], scope: str | None) -> dict[str, Any]:
+    """The global and model variables one zero-debiased ``batch_norm`` call creates."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from golden_slim import load_slim
+
+    slim = load_slim()
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        inputs = tf1.placeholder(tf.float32, [4] + [3] * (rank - 1))
+        outer, _, inner = (scope or "").rpartition("/")
+        call = dict(kwargs, zero_debias_moving_mean=True, scope=inner or None)
+        if outer:
+            with tf1.variable_scope(outer):
+                slim.batch_norm(inputs, **call)
+        else:
+            slim.batch_norm(inputs, **call)
+        return {
+            "rank": rank,
+            "slim_kwargs": kwargs,
+            "scope": scope,
+            "global_variables": [v.name.removesuffix(":0") for v in tf1.global_variables()],
+            "model_variables": [v.name.removesuffix(":0") for v in tf1.model_variables()],
+        }
+
+
 def main() -> int:
     tf.config.experimental.enable_op_determinism()
     configs = [config_record(*case) for case in CONFIG_CASES]
@@ -204,6 +246,7 @@ def main() -> int:
         "versions": {**versions(), "keras": keras.__version__},
         "configs": configs,
         "masks": masks,
+        "slim_collections": [slim_collections(*case) for case in SLIM_COLLECTION_CASES],
     }
     with open(OUT / "peer_configs.json", "w") as handle:
         json.dump(document, handle, indent=1)

@@ -102,7 +102,7 @@ DATA_FORMAT_NHWC = "NHWC"
 DATA_FORMAT_NCHW = "NCHW"
 DEFAULT_SCOPE = "BatchNorm"
 
-# TensorFlow's variable names (tf-slim) -> the layer's attribute names.
+# TensorFlow's variable names (tf-slim, relative to the scope) -> the layer's attribute names.
 _VARIABLE_ATTRIBUTES = {
     "gamma": "gamma",
     "beta": "beta",
@@ -111,15 +111,18 @@ _VARIABLE_ATTRIBUTES = {
     "moving_stddev": "moving_stddev",
     "renorm_mean": "renorm_mean",
     "renorm_stddev": "renorm_stddev",
+}
+# The zero-debias pair: tf-slim creates it one scope deeper, under the moving mean's full name
+# (scope "bn" holds "bn/bn/moving_mean/biased"), so its relative name starts with the scope.
+_ZERO_DEBIAS_ATTRIBUTES = {
     "moving_mean/biased": "moving_mean_biased",
     "moving_mean/local_step": "local_step",
 }
 _INITIALIZER_KEYS = ("beta", "gamma", "moving_mean", "moving_variance")
 _REGULARIZER_KEYS = ("beta", "gamma")
 # The variables tf-slim adds to ``variables_collections`` (renorm and zero-debias state it
-# does not add) and those that are model variables (zero-debias state is not).
+# does not add).
 _COLLECTED_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
-_NON_MODEL_VARIABLES = ("moving_mean/biased", "moving_mean/local_step")
 # Options TensorFlow reads at every call (a reused scope may change them) -> layer attribute.
 _PER_CALL_OPTIONS = (
     "momentum",
@@ -314,13 +317,20 @@ def _register_variables(
     layer: BatchNormalization,
     variables_collections: dict[str, list[str]],
     regularizers: dict[str, Any],
+    path: SlimPath,
 ) -> None:
-    """Put a new scope's variables and penalties into the collections tf-slim fills."""
+    """Put a new scope's variables and penalties into the collections tf-slim fills.
+
+    Every variable is global and all but the zero-debias pair are model variables; that pair
+    is a model variable too on tf-slim's non-fused paths, not on its fused one (measured with
+    tf-slim 1.1: tests/golden/peer_configs.json, ``slim_collections``).
+    """
     graph = get_default_graph()
+    zero_debias = {f"{scope}/{suffix}" for suffix in _ZERO_DEBIAS_ATTRIBUTES}
     for name, tensor in _layer_variables(layer).items():
         full_name = f"{scope}/{name}"
         collections = [GLOBAL_VARIABLES]
-        if name not in _NON_MODEL_VARIABLES:
+        if name not in zero_debias or path.name != "fused":
             collections.append(MODEL_VARIABLES)
         if name in ("gamma", "beta") and layer.trainable:
             collections.append(TRAINABLE_VARIABLES)
@@ -334,13 +344,19 @@ def _register_variables(
 
 
 def _layer_variables(layer: BatchNormalization) -> dict[str, torch.Tensor]:
-    """The layer's variables under TensorFlow's names, those that exist, in Keras order."""
-    found = {}
-    for name, attribute in _VARIABLE_ATTRIBUTES.items():
-        tensor = getattr(layer, attribute, None)
-        if tensor is not None:
-            found[name] = tensor
-    return found
+    """The layer's variables that exist, in Keras order, under tf-slim's names.
+
+    The names are relative to the scope, which is the layer's name.
+    """
+    names = {
+        **_VARIABLE_ATTRIBUTES,
+        **{f"{layer.name}/{suffix}": attr for suffix, attr in _ZERO_DEBIAS_ATTRIBUTES.items()},
+    }
+    return {
+        name: getattr(layer, attr)
+        for name, attr in names.items()
+        if getattr(layer, attr) is not None
+    }
 
 
 # ---------------------------------------------------------------------- batch_norm
@@ -439,8 +455,8 @@ def batch_norm(
             for either. Needs an explicit ``scope`` to be True.
         variables_collections: Extra collections for ``gamma``, ``beta``, ``moving_mean``,
             ``moving_variance``: None, a list of names, or a dict from those variable names to
-            lists of names. Every variable also goes to ``GLOBAL_VARIABLES``, all but the
-            zero-debias state to ``MODEL_VARIABLES``.
+            lists of names. Every variable also goes to ``GLOBAL_VARIABLES``, and to
+            ``MODEL_VARIABLES`` but for the zero-debias pair on tf-slim's fused path.
         outputs_collections: Collection name(s) that receive the output tensor.
         trainable: True puts ``gamma``/``beta`` in ``TRAINABLE_VARIABLES`` with
             ``requires_grad=True``. False freezes them (V1 semantics): training still
@@ -452,8 +468,10 @@ def batch_norm(
         fused: Our code path only (None/True fast, False reference); it also takes part in
             tf-slim's choice of implementation, hence in the stored variance.
         data_format: ``"NHWC"`` (default) or ``"NCHW"``.
-        zero_debias_moving_mean: Keep ``moving_mean/biased`` and ``moving_mean/local_step``
-            and set ``moving_mean = biased / (1 - decay^step)`` at each update.
+        zero_debias_moving_mean: Keep ``<scope>/moving_mean/biased`` and
+            ``<scope>/moving_mean/local_step`` (tf-slim's names: ``BatchNorm/BatchNorm/
+            moving_mean/biased`` in full) and set ``moving_mean = biased / (1 - decay^step)``
+            at each update.
         scope: The variable scope's name; None for a new default one.
         renorm: Batch Renormalization (``moving_stddev``, ``renorm_mean``, ``renorm_stddev``).
         renorm_clipping: Dict with keys among ``rmax``, ``rmin``, ``dmax``.
@@ -604,7 +622,7 @@ def batch_norm(
 
     if not exists:
         graph.register_scope(scope_name, state, default_base)
-        _register_variables(scope_name, layer, per_variable_collections, regularizers)
+        _register_variables(scope_name, layer, per_variable_collections, regularizers, path)
     for update in new_updates:
         graph.add_to_collections(update_collection_names, update, f"{scope_name}/update")
     if activation_fn is not None:
@@ -644,9 +662,10 @@ def get_variables(scope: str) -> dict[str, torch.Tensor]:
 
     Names: ``gamma`` and ``beta`` (leaf ``nn.Parameter`` objects; a backward pass fills their
     ``.grad``), ``moving_mean``, ``moving_variance``, with renorm ``moving_stddev``,
-    ``renorm_mean``, ``renorm_stddev``, with zero-debias ``moving_mean/biased`` and
-    ``moving_mean/local_step``. The tensors are the live state: write them in place (under
-    ``torch.no_grad()``) to set a variable.
+    ``renorm_mean``, ``renorm_stddev``, with zero-debias ``<scope>/moving_mean/biased`` and
+    ``<scope>/moving_mean/local_step`` (tf-slim nests that pair under the moving mean's full
+    name: ``BatchNorm/BatchNorm/moving_mean/biased``). The tensors are the live state: write
+    them in place (under ``torch.no_grad()``) to set a variable.
 
     Raises:
         BatchNormError: if ``scope`` does not exist.
@@ -656,8 +675,8 @@ def get_variables(scope: str) -> dict[str, torch.Tensor]:
         >>> from batchnorm.compat import v1
         >>> v1.reset_default_graph()
         >>> _ = v1.batch_norm(torch.randn(4, 3), zero_debias_moving_mean=True)
-        >>> list(v1.get_variables("BatchNorm"))
-        ['beta', 'moving_mean', 'moving_variance', 'moving_mean/biased', 'moving_mean/local_step']
+        >>> list(v1.get_variables("BatchNorm"))[2:]
+        ['moving_variance', 'BatchNorm/moving_mean/biased', 'BatchNorm/moving_mean/local_step']
 
     """
     return _layer_variables(get_layer(scope))
@@ -699,7 +718,10 @@ def global_variables(scope: str | None = None) -> list[torch.Tensor]:
 
 
 def model_variables(scope: str | None = None) -> list[torch.Tensor]:
-    """``MODEL_VARIABLES``: the variables a checkpoint of the model needs (no zero-debias state).
+    """``MODEL_VARIABLES``: the variables a checkpoint of the model needs.
+
+    tf-slim's membership: every variable but the zero-debias pair of a scope created on its
+    fused path (as in this example, rank 2).
 
     Example:
         >>> import torch
