@@ -873,3 +873,13 @@ def test_replays_tf_slim(case):
         if tag != "infer":
             for name, key in tf_names.items():
                 _golden_close(f"{name}_{tag}", variables[name], data[f"{key}_{tag}"])
+
+
+def test_a_call_leaves_the_layers_fused_argument_as_it_was():
+    """``layer.fused`` reports tf-slim's core layer's resolved value (False at rank 3), while
+    the argument (our code path, in get_config) stays the one the scope was created with."""
+    v1.batch_norm(_randn(4, 5, 3), scope="bn")
+    v1.batch_norm(_randn(4, 5, 3), scope="bn", reuse=True, fused=False)
+    layer = v1.get_layer("bn")
+    assert layer.fused is False
+    assert "fused" not in layer.get_config()

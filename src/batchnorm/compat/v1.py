@@ -135,6 +135,9 @@ _PER_CALL_OPTIONS = (
     "moving_variance_correction",
     "frozen_layer_updates",
 )
+# Per-call options held under another attribute: the layer's ``fused`` property reports
+# tf_keras' resolved value, while the argument (our code path) is ``_fused``.
+_OPTION_ATTRIBUTES = {"fused": "_fused"}
 # Options that decide which variables exist; a reused scope must keep them.
 _VARIABLE_OPTIONS = (
     "data_format",
@@ -298,7 +301,8 @@ class _RegularizationLoss:
 def _per_call_options(layer: BatchNormalization, values: dict[str, Any]) -> Iterator[None]:
     """Set the layer's per-call options to ``values`` for one call, then restore them."""
     saved = {}
-    for attribute, value in values.items():
+    for option, value in values.items():
+        attribute = _OPTION_ATTRIBUTES.get(option, option)
         if not hasattr(layer, attribute):  # a contract mismatch with the layer: fail loudly
             raise AttributeError(f"BatchNormalization has no attribute {attribute!r}")
         current = getattr(layer, attribute)
