@@ -7,6 +7,7 @@ and torch's own behaviour for lazy modules (``torch.nn.LazyBatchNorm1d``, DDP's 
 from __future__ import annotations
 
 import copy
+import pickle
 
 import pytest
 import torch
@@ -149,3 +150,20 @@ def test_synchronized_in_a_single_process_group_is_one_process(gloo_group):
     plain = bn.BatchNormalization(momentum=0.5)
     torch.testing.assert_close(synced(x, training=True), plain(x, training=True))
     torch.testing.assert_close(synced.moving_variance, plain.moving_variance)
+
+
+def test_pickling_an_unbuilt_layer_keeps_it_lazy():
+    clone = pickle.loads(pickle.dumps(bn.BatchNormalization(axis=1, renorm=True)))
+    assert clone.has_uninitialized_params()
+    clone(torch.randn(4, 3, 2))
+    assert clone.built and type(clone.gamma) is torch.nn.Parameter
+
+
+def test_torch_compile_builds_an_unbuilt_layer_on_its_first_call():
+    """Dynamo runs the lazy-module hook before tracing; oracle: the same layer built eagerly."""
+    x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(5))
+    lazy = bn.BatchNormalization(axis=1, momentum=0.5)
+    y = torch.compile(lazy, fullgraph=False)(x, training=False)
+    eager = bn.BatchNormalization(axis=1, momentum=0.5, input_shape=(3, 4, 4))
+    assert lazy.built and type(lazy.gamma) is torch.nn.Parameter
+    torch.testing.assert_close(y, eager(x, training=False))
