@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
@@ -84,8 +85,6 @@ def _resolve_dtype(dtype: Any) -> tuple[str, torch.dtype, torch.dtype | None]:
 
 def _check_single_process(layer_name: str) -> None:
     """``synchronized=True`` computes one process's statistics: refuse a multi-process run."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         raise BatchNormError(
             f"synchronized=True in layer {layer_name!r}: statistics synchronized across the "
