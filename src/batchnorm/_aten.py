@@ -100,7 +100,9 @@ def native_inference(
     acc = accumulation_dtype(x.dtype)  # ATen takes 16-bit inputs with float32 statistics
 
     def flat(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else aten_vector(t.to(acc))  # no copy for a 1-D acc vector
+        if t is None or (t.dim() == 1 and t.dtype == acc and t.is_contiguous()):
+            return t  # as given: no view, no copy (a tiny call's cost is these calls)
+        return aten_vector(t.to(acc))
 
     y = torch.batch_norm(  # the op under torch.nn.functional.batch_norm, less its checks
         block,

@@ -314,13 +314,11 @@ def _apply(
     if fold:
         folded_shift = shift - mean * x_scale
         return folded_apply(x, axes, x_scale.expand(folded_shift.shape), folded_shift)
+    # Every per-channel map and adjustment result broadcasts to x without enlarging it
+    # (functional checks adjustment results), so the output can be written in place.
     if x.dtype == mean.dtype:
-        if _broadcasts_to(x.shape, x_scale.shape, shift.shape):
-            centered = x - mean
-            return scale_and_shift(centered, x_scale, shift, out=centered)
-        return torch.addcmul(shift, x - mean, x_scale)
-    if not _broadcasts_to(x.shape, mean.shape, x_scale.shape, shift.shape):
-        return torch.addcmul(shift, x.to(mean.dtype) - mean, x_scale).to(x.dtype)
+        centered = x - mean
+        return scale_and_shift(centered, x_scale, shift, out=centered)
     return _upcast_apply(x, x_scale, shift, mean)
 
 
@@ -417,10 +415,8 @@ def _native_backward(
     aten_x = aten_input(x, axes)
     if aten_x is None:
         return None
-    aten_dy = aten_input(dy, axes)
-    if aten_dy is None:
-        return None
-    (block, restore), (dy_block, _) = aten_x, aten_dy
+    block, restore = aten_x
+    dy_block, _ = aten_input(dy, axes)  # dy has x's strides, hence a block view too
     dx, dscale, dshift = torch.ops.aten.native_batch_norm_backward(
         dy_block,
         block,
