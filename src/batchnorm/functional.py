@@ -538,7 +538,8 @@ def batch_norm(
 
     if fast:  # the stats pass builds no graph
         moments = stats_pass(xv, view.axes, wv)
-    else:
+    else:  # x upcast once, so autograd sums the moments' and the apply's gradients in acc
+        xv = xv.to(acc)
         reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
         moments = compute_moments(xv, reduce_dims, wv)
     pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
@@ -555,7 +556,7 @@ def batch_norm(
     if fast:
         y = NormalizeApply.apply(xv, wv, moments.mean, inv, output.scale, output.shift, view.axes)
     else:
-        y = reference_normalize_apply(xv, moments, inv, output)
+        y = reference_normalize_apply(xv, moments, inv, output).to(x.dtype)
     y = y.reshape(x.shape)
 
     if moving_variance_correction is None:
