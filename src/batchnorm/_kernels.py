@@ -43,10 +43,10 @@ from collections.abc import Sequence
 from math import prod
 
 import torch
-from torch.autograd.function import once_differentiable
 
+from batchnorm._affine import invstd
 from batchnorm._aten import aten_input, aten_slices, aten_vector, native_inference
-from batchnorm._moments import no_nan_divide, weight_total
+from batchnorm._moments import compute_moments, no_nan_divide, weight_total
 from batchnorm._reductions import (
     block_view_sizes,
     blocked_channel_sum,
@@ -86,7 +86,9 @@ class NormalizeApply(torch.autograd.Function):
         into the shift as TensorFlow does only while that adds at most a few units of
         roundoff, and is centred beyond (:func:`_apply`).
 
-    Not twice differentiable (``once_differentiable``); the reference path is.
+    Twice differentiable: when the backward is itself recorded (``create_graph=True``, as
+    gradient penalties and MAML do), it is the reference path's, recomputed from ``x``
+    (:func:`_recorded_backward`); ``epsilon`` (that of ``invstd``) is for that recomputation.
 
     Example:
         >>> from batchnorm._statistics import stats_pass
@@ -94,7 +96,7 @@ class NormalizeApply(torch.autograd.Function):
         >>> moments = stats_pass(x, [1])
         >>> one, zero = torch.ones(1, 1), torch.zeros(1, 1)
         >>> invstd = torch.rsqrt(moments.var)
-        >>> y = NormalizeApply.apply(x, None, moments.mean, invstd, one, zero, (1,))
+        >>> y = NormalizeApply.apply(x, None, moments.mean, invstd, one, zero, (1,), 0.0)
         >>> y.flatten().round(decimals=4).tolist()
         [-1.0, 1.0]
     """
@@ -109,10 +111,12 @@ class NormalizeApply(torch.autograd.Function):
         scale: torch.Tensor,
         shift: torch.Tensor,
         axes: tuple[int, ...],
+        epsilon: float,
     ) -> torch.Tensor:
         """The apply pass: one multiply-add over ``x``."""
         ctx.save_for_backward(x, weights, mean, invstd, scale)
         ctx.axes = axes
+        ctx.epsilon = epsilon
         ctx.shapes = (scale.shape, shift.shape)
         ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
         x_scale = invstd * scale
@@ -125,9 +129,13 @@ class NormalizeApply(torch.autograd.Function):
         return _apply(x, mean, x_scale, shift, axes, fold)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor):  # type: ignore[override]
-        """Backward reduce, then backward apply: ATen's kernel where it fits."""
+        """Backward reduce, then backward apply: ATen's kernel where it fits.
+
+        Recorded (``create_graph=True``), :func:`_recorded_backward` instead.
+        """
+        if torch.is_grad_enabled():
+            return _recorded_backward(ctx, dy)
         x, weights, mean, invstd, scale = ctx.saved_tensors
         need_x, need_scale, need_shift = ctx.needs
         scale_shape, shift_shape = ctx.shapes
@@ -176,7 +184,36 @@ class NormalizeApply(torch.autograd.Function):
             dscale if need_scale else None,
             dshift if need_shift else None,
             None,
+            None,
         )
+
+
+def _recorded_backward(
+    ctx: torch.autograd.function.FunctionCtx, dy: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    """The backward as a differentiable function of ``x``, ``scale`` and ``dy``.
+
+    For a backward that is itself recorded (``create_graph=True``): the forward is recomputed
+    from ``x`` in the reference path's ops, the moments included
+    (:func:`batchnorm._moments.compute_moments`), and differentiated with ``create_graph``, so
+    a second backward sees how the moments depend on ``x``. ``shift`` only adds ``sum(dy)``.
+    """
+    x, weights, mean, _, scale = ctx.saved_tensors
+    need_x, need_scale, need_shift = ctx.needs
+    _, shift_shape = ctx.shapes
+    acc = mean.dtype
+    wanted = [t for t, needed in ((x, need_x), (scale, need_scale)) if needed]
+    grads: list[torch.Tensor | None] = []
+    if wanted:
+        reduce_dims = [d for d in range(x.dim()) if d not in ctx.axes]
+        moments = compute_moments(x, reduce_dims, weights)
+        x_hat = (x.to(acc) - moments.mean) * invstd(moments.var, ctx.epsilon)
+        y = x_hat * scale
+        grads = list(torch.autograd.grad(y, wanted, dy.to(acc), create_graph=True))
+    dx = grads.pop(0).to(x.dtype) if need_x else None
+    dscale = grads.pop(0) if need_scale else None
+    dshift = dy.to(acc).sum_to_size(shift_shape) if need_shift else None
+    return dx, None, None, None, dscale, dshift, None, None
 
 
 def folded_apply(

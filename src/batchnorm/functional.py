@@ -554,7 +554,9 @@ def batch_norm(
     output = _output_affine(x, view, detached, gamma_v, beta_v, epsilon, renorm_state, adjustment)
     inv = invstd(moments.var, epsilon)
     if fast:
-        y = NormalizeApply.apply(xv, wv, moments.mean, inv, output.scale, output.shift, view.axes)
+        y = NormalizeApply.apply(
+            xv, wv, moments.mean, inv, output.scale, output.shift, view.axes, epsilon
+        )
     else:
         y = reference_normalize_apply(xv, moments, inv, output).to(x.dtype)
     y = y.reshape(x.shape)
