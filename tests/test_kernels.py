@@ -80,7 +80,7 @@ def test_weighted_moments_and_backward_match_float64(shape, memory_format, weigh
     torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=1e-5, atol=1e-5)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes)
+    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes, 1e-3)
     y.backward(dy)
     # float32 rounding of the mean itself grows with the offset (~u |mean| / std in x_hat).
     atol = 1e-5 * max(1.0, offset / 50)
@@ -224,7 +224,7 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(
     torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=2e-4, atol=1e-5)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, None, moments.mean, invstd, s, b, axes)
+    y = NormalizeApply.apply(xg, None, moments.mean, invstd, s, b, axes, 1e-3)
     assert y.dtype == dtype16 and y.stride() == x.stride()
     y.backward(dy)
     tolerance = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype16]
@@ -281,7 +281,7 @@ def test_sixteen_bit_weighted_moments_and_backward_match_float64(
     xg = clean.requires_grad_()
     s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes)
+    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes, 1e-3)
     y.backward(dy)
     assert y.dtype == dtype16 and xg.grad.dtype == dtype16
     tolerance = {torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype16]
@@ -297,7 +297,7 @@ def test_sixteen_bit_output_with_a_per_element_shift_matches_float64():
     scale = torch.rand(1, 4, 1, 1, generator=generator) + 0.5
     moments = stats_pass(x, (1,))
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(x, None, moments.mean, invstd, scale, shift, (1,))
+    y = NormalizeApply.apply(x, None, moments.mean, invstd, scale, shift, (1,), 1e-3)
     x64 = x.double()
     mean = x64.mean(dim=(0, 2, 3), keepdim=True)
     var = x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
@@ -445,7 +445,7 @@ def test_backward_for_ghost_batches_of_channels_last_matches_float64(
     given_weights = None if weight_kind == "none" else weights
     moments = stats_pass(xg, axes, given_weights)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, given_weights, moments.mean, invstd, s, b, axes)
+    y = NormalizeApply.apply(xg, given_weights, moments.mean, invstd, s, b, axes, 1e-3)
     y.backward(dy)
     tolerance = (
         {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.03}
