@@ -107,6 +107,8 @@ def ema_update(moving: torch.Tensor, value: torch.Tensor, momentum: float) -> to
         5.0
 
     """
+    if torch.compiler.is_compiling():  # the same float32 factor, as a graph constant
+        return moving - (moving - value) * torch.tensor(1.0 - momentum, dtype=torch.float32)
     return moving - (moving - value) * float32_round(1.0 - momentum)
 
 
@@ -148,15 +150,16 @@ def _host_count(count: torch.Tensor) -> torch.Tensor | float:
 
     Unweighted batches count the same elements in every channel, held in a CPU scalar even for
     inputs on a GPU, so reading it costs no synchronisation; the update then skips the small
-    tensor ops that per-channel counts need.
+    tensor ops that per-channel counts need. Not while compiling: a graph keeps the count a
+    tensor (its batch size may be symbolic).
 
     Example:
         >>> _host_count(torch.tensor(6.0)), _host_count(torch.tensor([6.0, 4.0])).tolist()
         (6.0, [6.0, 4.0])
     """
-    if count.numel() == 1 and count.device.type == "cpu":
+    if count.numel() == 1 and count.device.type == "cpu" and not torch.compiler.is_compiling():
         return float(count)
-    return count
+    return count  # per channel, or traced: a compiled graph keeps it a tensor
 
 
 _HOST_ROUNDING = {torch.float32: float32_round, torch.float64: float}

@@ -14,9 +14,10 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from math import prod
+
+import torch
 
 from batchnorm._errors import check, fail
 
@@ -57,15 +58,45 @@ class ChannelLayout:
     """Where the channels of an input of a given shape live.
 
     Attributes:
-        input_shape: The full input shape (batch included) the layout was built for.
+        input_shape: The full input shape (batch included) the layout was built for; sizes
+            may be symbolic while compiling.
         axes: The kept dimensions, non-negative, in the order the user listed them.
         raw_axis: ``axis`` as the user gave it (an int or a tuple), for TensorFlow's rules.
+        reduce_dims: The dimensions statistics are reduced over, ascending.
+        broadcast_shape: Per-channel vectors viewed to broadcast against the input: kept
+            sizes, 1 elsewhere.
+        param_shape: TensorFlow's weight shape: ``(C,)`` for one axis, else
+            :attr:`broadcast_shape`.
+        num_channels: Number of independent channels (product of the kept sizes).
+        reduced_count: Elements per channel in one batch of ``input_shape``.
 
     """
 
     input_shape: tuple[int, ...]
     axes: tuple[int, ...]
     raw_axis: int | tuple[int, ...]
+    # Derived once at construction (plain attributes, which torch.compile traces freely).
+    reduce_dims: tuple[int, ...] = field(init=False, compare=False)
+    broadcast_shape: tuple[int, ...] = field(init=False, compare=False)
+    param_shape: tuple[int, ...] = field(init=False, compare=False)
+    num_channels: int = field(init=False, compare=False)
+    reduced_count: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        rank = len(self.input_shape)
+        reduce_dims = tuple(d for d in range(rank) if d not in self.axes)
+        broadcast = tuple(self.input_shape[d] if d in self.axes else 1 for d in range(rank))
+        derived = {
+            "reduce_dims": reduce_dims,
+            "broadcast_shape": broadcast,
+            "param_shape": (
+                (self.input_shape[self.axes[0]],) if len(self.axes) == 1 else broadcast
+            ),
+            "num_channels": prod([self.input_shape[d] for d in self.axes]),
+            "reduced_count": prod([self.input_shape[d] for d in reduce_dims]),
+        }
+        for name, value in derived.items():
+            object.__setattr__(self, name, value)
 
     @classmethod
     def from_axis(cls, axis: AxisArgument, input_shape: Sequence[int]) -> ChannelLayout:
@@ -76,6 +107,8 @@ class ChannelLayout:
 
         """
         raw = validate_axis_argument(axis)
+        if torch.compiler.is_compiling():  # symbolic sizes: no cache (they do not hash)
+            return _checked_layout(axis, raw, tuple(input_shape))
         key = (raw, tuple(input_shape))
         layout = _LAYOUTS.get(key)
         if layout is None:  # layouts are immutable: one per (axis, shape), reused
@@ -90,33 +123,6 @@ class ChannelLayout:
         """The input's rank."""
         return len(self.input_shape)
 
-    @cached_property
-    def reduce_dims(self) -> tuple[int, ...]:
-        """The dimensions statistics are reduced over, ascending."""
-        return tuple(d for d in range(self.rank) if d not in self.axes)
-
-    @cached_property
-    def broadcast_shape(self) -> tuple[int, ...]:
-        """Per-channel vectors viewed to broadcast against the input: kept sizes, 1 elsewhere."""
-        return tuple(self.input_shape[d] if d in self.axes else 1 for d in range(self.rank))
-
-    @cached_property
-    def param_shape(self) -> tuple[int, ...]:
-        """TensorFlow's weight shape: ``(C,)`` for one axis, else :attr:`broadcast_shape`."""
-        if len(self.axes) == 1:
-            return (self.input_shape[self.axes[0]],)
-        return self.broadcast_shape
-
-    @cached_property
-    def num_channels(self) -> int:
-        """Number of independent channels (product of the kept sizes)."""
-        return prod(self.input_shape[d] for d in self.axes)
-
-    @cached_property
-    def reduced_count(self) -> int:
-        """Elements per channel in one batch of ``input_shape``."""
-        return prod(self.input_shape[d] for d in self.reduce_dims)
-
     def with_batch(self, input_shape: Sequence[int]) -> ChannelLayout:
         """The same layout for another input; only non-channel sizes may differ.
 
@@ -124,7 +130,7 @@ class ChannelLayout:
             BatchNormError: if the rank or a channel size differs from the built layout.
 
         """
-        shape = tuple(int(size) for size in input_shape)
+        shape = tuple(_size(size) for size in input_shape)
         if len(shape) != self.rank:  # messages formatted only for an error (every call)
             raise fail(
                 "input rank",
@@ -141,6 +147,11 @@ class ChannelLayout:
         return ChannelLayout.from_axis(self.raw_axis, shape)
 
 
+def _size(size: object) -> int:
+    """A dimension size as an int; a symbolic one (while compiling) as it is."""
+    return size if isinstance(size, torch.SymInt) else int(size)  # type: ignore[arg-type]
+
+
 _LAYOUTS: dict[tuple[int | tuple[int, ...], tuple[int, ...]], ChannelLayout] = {}
 _MAX_LAYOUTS = 256
 
@@ -149,7 +160,7 @@ def _checked_layout(
     axis: AxisArgument, raw: int | tuple[int, ...], input_shape: tuple[int, ...]
 ) -> ChannelLayout:
     """The layout of :meth:`ChannelLayout.from_axis`; errors name ``axis`` as the user gave it."""
-    shape = tuple(int(size) for size in input_shape)
+    shape = tuple(_size(size) for size in input_shape)
     rank = len(shape)
     if rank < 2:
         raise fail(

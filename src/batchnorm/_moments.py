@@ -67,11 +67,12 @@ def weight_total(
         2.0
     """
     if weights is None:
-        return torch.full((), float(prod(shape[d] for d in reduce_dims)))
+        # The count as it is (no float(): a symbolic size would be specialized when exporting).
+        return torch.full((), prod([shape[d] for d in reduce_dims]), dtype=torch.float32)
     rank = len(shape)
     weights = weights.reshape((1,) * (rank - weights.dim()) + tuple(weights.shape))
     summed = [d for d in reduce_dims if weights.shape[d] != 1]
-    broadcast = prod(shape[d] for d in reduce_dims if weights.shape[d] == 1)
+    broadcast = prod([shape[d] for d in reduce_dims if weights.shape[d] == 1])
     total = weights.sum(dim=summed, keepdim=True) if summed else weights
     return total * broadcast
 

@@ -140,8 +140,8 @@ class _View(NamedTuple):
             BatchNormError: naming ``argument`` if ``t`` does not broadcast to the input.
         """
         rank = len(self.input_shape)
-        if t.dim() > rank or any(
-            size not in (1, full)
+        if t.dim() > rank or any(  # != rather than `in`, which torch.compile misreads here
+            size != 1 and size != full
             for size, full in zip(reversed(t.shape), reversed(self.input_shape), strict=False)
         ):
             raise fail(
@@ -216,7 +216,7 @@ def _mask_shape(mask: torch.Tensor, x: torch.Tensor, layout: ChannelLayout) -> t
     shape = tuple(mask.shape)
     if mask.dim() == rank - 1:
         shape = (*shape, 1)
-    fits = len(shape) == rank and all(m in (1, s) for m, s in zip(shape, x.shape, strict=True))
+    fits = len(shape) == rank and all(m == 1 or m == s for m, s in zip(shape, x.shape, strict=True))
     if fits:
         return shape
     expected = (
@@ -257,9 +257,11 @@ def _example_weights(
                 f"({x.shape[0]},), one weight per example of the batch",
             )
         weights = batch_weights.detach().to(dtype).reshape((-1,) + (1,) * (x.dim() - 1))
-        check(
-            bool((weights >= 0).all()), "batch_weights", "a negative entry", "non-negative weights"
-        )
+        non_negative = (weights >= 0).all()
+        if torch.compiler.is_compiling():  # checked on the device: no host synchronization
+            torch._assert_async(non_negative, "batch_weights: expected non-negative weights")
+        elif not torch._C._are_functorch_transforms_active():  # (vmap cannot read it)
+            check(bool(non_negative), "batch_weights", "a negative entry", "non-negative weights")
     if mask is not None:
         check(isinstance(mask, torch.Tensor), "mask", type(mask).__name__, "a torch.Tensor")
         shape = _mask_shape(mask, x, layout)
@@ -347,6 +349,16 @@ def _inference_output(
         return scale_and_shift(x.to(acc), *folded).to(x.dtype)
     frozen = Moments(count=torch.ones((), dtype=acc), mean=mean, var=var)
     return reference_normalize_apply(x, frozen, invstd(var, epsilon), output)
+
+
+def _traced() -> bool:
+    """Whether this call is being compiled, exported or transformed (``torch.func``).
+
+    Such calls take the reference path's plain, differentiable torch ops: dynamo, export and
+    functorch understand them (the fast path's ``autograd.Function`` reuses buffers, writes in
+    place and reads values on the host to pick routes), and inductor fuses them.
+    """
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
 def batch_norm(
@@ -506,7 +518,7 @@ def batch_norm(
             "no batch axis (0) among the channel axes when virtual_batch_size is set",
         )
     acc = accumulation_dtype(x.dtype)
-    fast = fused is not False
+    fast = fused is not False and not _traced()
     for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
         if name == "local_step":
             check(tensor.numel() == 1, "local_step.shape", tuple(tensor.shape), "a scalar")

@@ -572,9 +572,19 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         return training, training
 
     def _commit(self, new_stats: dict[str, torch.Tensor]) -> None:
-        with torch.no_grad():
-            for key, value in new_stats.items():
-                self._buffers[key].copy_(value)
+        try:
+            with torch.no_grad():
+                for key, value in new_stats.items():
+                    self._buffers[key].copy_(value)
+        except RuntimeError as error:
+            if not torch._C._are_functorch_transforms_active():
+                raise
+            raise BatchNormError(
+                f"layer {self.name!r} updates its moving statistics in place in training, "
+                "which torch.func transforms refuse for buffers captured from outside them "
+                "(torch.nn.BatchNorm* too): use batchnorm.functional.batch_norm, which returns "
+                "the new statistics, or call the layer with training=False"
+            ) from error
 
     # ------------------------------------------------------------------ deferred updates
     @property
