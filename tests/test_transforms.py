@@ -10,6 +10,7 @@ import pytest
 import torch
 from configs import CONFIGS, call_tensors, config_id, option_kwargs, state_tensors
 
+import batchnorm as bn
 from batchnorm.functional import batch_norm
 
 # Float64 configurations small enough for second derivatives, every option among them.
@@ -83,3 +84,169 @@ def test_fast_path_passes_gradgradcheck(options):
         return batch_norm(x, *stats, gamma, beta, training=True, **extra).output
 
     assert torch.autograd.gradgradcheck(function, (x, gamma, beta))
+
+
+# --------------------------------------------------------------------------- torch.compile
+def _adjustment(shape):
+    return torch.full((3, 1, 1), 1.25), torch.full((3, 1, 1), 0.5)
+
+
+# A small fixed set (CI time): every option once, on NCHW input of two batch sizes.
+COMPILE_OPTIONS = {
+    "plain": ({}, {}),
+    "renorm": ({"renorm": True, "renorm_clipping": {"rmax": 1.5, "dmax": 0.5}}, {}),
+    "ghost": ({"virtual_batch_size": 2}, {}),
+    "weights": ({}, {"batch_weights": "weights"}),
+    "mask": ({}, {"mask": "mask"}),
+    "adjustment": ({"adjustment": _adjustment}, {}),
+    "zero_debias": ({"zero_debias_moving_mean": True}, {}),
+    "deferred": ({"deferred_updates": True}, {}),
+}
+
+
+def _call_inputs(kind: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    if kind == "weights":
+        return torch.rand(x.shape[0], generator=generator) + 0.1
+    mask = torch.rand(x.shape[0], 1, *x.shape[2:], generator=generator) > 0.3
+    mask.view(-1)[0] = True
+    return mask
+
+
+def _pair(options):
+    """An eager layer and a compiled twin with the same weights."""
+    init = {"gamma_initializer": "random_normal", "beta_initializer": "random_normal"}
+    torch.manual_seed(0)
+    eager = bn.BatchNormalization(axis=1, momentum=0.5, input_shape=(3, 4, 4), **init, **options)
+    torch.manual_seed(0)
+    twin = bn.BatchNormalization(axis=1, momentum=0.5, input_shape=(3, 4, 4), **init, **options)
+    return eager, twin
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Each test compiles its own layers: forget earlier ones (dynamo's recompile limit)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("option", sorted(COMPILE_OPTIONS))
+def test_compiled_training_and_inference_equal_eager_without_graph_breaks(option, fresh_dynamo):
+    """fullgraph=True (any graph break raises) with dynamic shapes: batch 8, then 6."""
+    options, call_kinds = COMPILE_OPTIONS[option]
+    eager, twin = _pair(options)
+    compiled = torch.compile(twin, fullgraph=True, dynamic=True)
+    generator = torch.Generator().manual_seed(1)
+    for batch in (8, 6):
+        x = torch.randn(batch, 3, 4, 4, generator=generator) * 2 + 1
+        dy = torch.randn(x.shape, generator=generator)
+        call = {k: _call_inputs(kind, x, generator) for k, kind in call_kinds.items()}
+        outputs = []
+        for layer in (eager, compiled):
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi, training=True, **call)
+            (y * dy).sum().backward()
+            outputs.append((y.detach(), xi.grad))
+        for got, want in zip(outputs[1], outputs[0], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(twin.gamma.grad, eager.gamma.grad, rtol=1e-4, atol=1e-5)
+        bn.apply_updates(eager)
+        bn.apply_updates(twin)
+        for got, want in zip(twin.get_weights(), eager.get_weights(), strict=True):
+            torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want))
+    x = torch.randn(5, 3, 4, 4, generator=generator)
+    torch.testing.assert_close(compiled(x, training=False), eager(x, training=False))
+
+
+def test_a_plain_training_call_compiles_to_one_graph(fresh_dynamo):
+    """The count torch._dynamo.explain reports (fullgraph above already forbids breaks)."""
+    layer = bn.BatchNormalization(axis=1, input_shape=(3, 4, 4))
+    report = torch._dynamo.explain(layer)(torch.randn(8, 3, 4, 4), training=True)
+    assert report.graph_break_count == 0 and report.graph_count == 1
+
+
+# --------------------------------------------------------------------------- torch.export
+class _Wrapped(torch.nn.Module):
+    def __init__(self, training: bool) -> None:
+        super().__init__()
+        self.bn = bn.BatchNormalization(axis=1, momentum=0.5, input_shape=(3, 4, 4))
+        self.training_call = training
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(x, training=self.training_call)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_export_with_a_dynamic_batch_equals_eager(training, fresh_dynamo):
+    generator = torch.Generator().manual_seed(2)
+    model = _Wrapped(training)
+    reference = _Wrapped(training)
+    reference.load_state_dict(model.state_dict())
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(
+        model, (torch.randn(8, 3, 4, 4),), dynamic_shapes={"x": {0: batch}}
+    )
+    exported = program.module()
+    for size in (5, 11):
+        x = torch.randn(size, 3, 4, 4, generator=generator) * 3 - 1
+        torch.testing.assert_close(exported(x), reference(x), rtol=1e-5, atol=1e-5)
+    if training:  # the exported module updated its own moving statistics, as eager did
+        torch.testing.assert_close(exported.bn.moving_mean, reference.bn.moving_mean)
+
+
+# --------------------------------------------------------------------------- torch.func
+def _stats():
+    return torch.zeros(3), torch.ones(3)
+
+
+def test_func_grad_vmap_and_jacrev_of_the_functional_equal_eager():
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(4, 6, 3, generator=generator) * 2  # 4 independent batches of (6, 3)
+    gamma = torch.rand(3, generator=generator) + 0.5
+
+    def loss(gamma, x):
+        return batch_norm(x, *_stats(), gamma, training=True).output.pow(3).sum()
+
+    g = gamma.clone().requires_grad_(True)
+    loss(g, x[0]).backward()
+    torch.testing.assert_close(torch.func.grad(loss)(gamma, x[0]), g.grad)
+
+    def moments(x):
+        return batch_norm(x, *_stats(), gamma, training=True, momentum=0.0).new_stats["moving_mean"]
+
+    looped = torch.stack([moments(batch) for batch in x])
+    torch.testing.assert_close(torch.func.vmap(moments)(x), looped)
+
+    def output(x):
+        return batch_norm(x, *_stats(), gamma, training=True).output
+
+    small = x[0, :3]
+    eager = torch.autograd.functional.jacobian(output, small)
+    torch.testing.assert_close(torch.func.jacrev(output)(small), eager)
+
+
+def test_func_transforms_of_the_layer():
+    """Inference works under vmap and functional_call + grad; a training update explains."""
+    generator = torch.Generator().manual_seed(5)
+    layer = bn.BatchNormalization(gamma_initializer="random_normal", input_shape=(3,))
+    x = torch.randn(4, 6, 3, generator=generator)
+    looped = torch.stack([layer(batch, training=False) for batch in x])
+    vmapped = torch.func.vmap(lambda batch: layer(batch, training=False))(x)
+    torch.testing.assert_close(vmapped, looped)
+    params, buffers = dict(layer.named_parameters()), dict(layer.named_buffers())
+
+    def loss(params, x, training):
+        y = torch.func.functional_call(layer, (params, buffers), (x,), {"training": training})
+        return y.pow(2).sum()
+
+    grads = torch.func.grad(loss)(params, x[0], False)
+    layer.zero_grad()
+    loss(dict(layer.named_parameters()), x[0], False).backward()
+    torch.testing.assert_close(grads["gamma"], layer.gamma.grad)
+    with pytest.raises(bn.BatchNormError, match=r"in place in training.*functional\.batch_norm"):
+        torch.func.grad(loss)(params, x[0], True)
+
+
+def test_torch_jit_script_names_what_works_instead():
+    with pytest.raises(bn.BatchNormError, match=r"torch\.jit\.script.*torch\.compile"):
+        torch.jit.script(torch.nn.Sequential(bn.BatchNormalization(input_shape=(3,))))

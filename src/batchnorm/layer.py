@@ -458,6 +458,14 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             clone._buffers[name] = UninitializedBuffer(device=buffer.device, dtype=buffer.dtype)
         return clone
 
+    def __prepare_scriptable__(self) -> BatchNormalization:
+        """``torch.jit.script`` cannot compile this layer: say so, and what works instead."""
+        raise BatchNormError(
+            f"torch.jit.script(layer {self.name!r}): TorchScript cannot compile "
+            "BatchNormalization (Python dispatch over options and the Keras layer API); use "
+            "torch.compile(layer) or torch.export.export(model, ...) instead, both supported"
+        )
+
     def _lazy_load_hook(self, *args: Any) -> None:
         """No-op: :meth:`_load_from_state_dict` builds an unbuilt layer from the saved shape.
 
