@@ -313,8 +313,13 @@ def _inference_output(
     beta: torch.Tensor | None,
     epsilon: float,
     fast: bool,
+    traced: bool,
 ) -> torch.Tensor:
     """Inference output: one pass (fast) or the steps written out (reference).
+
+    Traced (compiled or exported), an input whose one channel axis is dimension 1 is
+    ``torch.nn.functional.batch_norm``: one ATen batch-norm op, which exporters keep as one
+    node (ONNX ``BatchNormalization``) and inductor fuses.
 
     The fast path is one pass: ATen's inference kernel (and its backward) where it is the
     faster one (:func:`batchnorm._kernels.aten_applies_faster`: 16-bit inputs, NCHW rows);
@@ -323,6 +328,16 @@ def _inference_output(
     (:func:`batchnorm._kernels.folded_apply`, or the same ops in autograd when an input needs
     a gradient). The reference path normalises with the moving statistics explicitly.
     """
+    if traced and layout.axes == (1,):
+        return torch.nn.functional.batch_norm(
+            x,
+            moving_mean.reshape(-1),
+            moving_variance.reshape(-1),
+            None if gamma is None else gamma.reshape(-1),
+            None if beta is None else beta.reshape(-1),
+            training=False,
+            eps=epsilon,
+        )
     if fast and aten_applies_faster(x, layout.axes):
         native = native_inference(
             x, layout.axes, moving_mean, moving_variance, gamma, beta, epsilon
@@ -352,13 +367,17 @@ def _inference_output(
 
 
 def _traced() -> bool:
-    """Whether this call is being compiled, exported or transformed (``torch.func``).
+    """Whether this call is being compiled, exported, traced or transformed (``torch.func``).
 
     Such calls take the reference path's plain, differentiable torch ops: dynamo, export and
     functorch understand them (the fast path's ``autograd.Function`` reuses buffers, writes in
     place and reads values on the host to pick routes), and inductor fuses them.
     """
-    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()  # the legacy ONNX exporter
+        or torch._C._are_functorch_transforms_active()
+    )
 
 
 def batch_norm(
@@ -518,7 +537,8 @@ def batch_norm(
             "no batch axis (0) among the channel axes when virtual_batch_size is set",
         )
     acc = accumulation_dtype(x.dtype)
-    fast = fused is not False and not _traced()
+    traced = _traced()
+    fast = fused is not False and not traced
     for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
         if name == "local_step":
             check(tensor.numel() == 1, "local_step.shape", tuple(tensor.shape), "a scalar")
@@ -527,7 +547,9 @@ def batch_norm(
 
     if not training:
         return BatchNormResult(
-            _inference_output(x, layout, moving_mean, moving_variance, gamma, beta, epsilon, fast),
+            _inference_output(
+                x, layout, moving_mean, moving_variance, gamma, beta, epsilon, fast, traced
+            ),
             {},
         )
 

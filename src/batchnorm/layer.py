@@ -1011,10 +1011,12 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     ) -> None:
         """Torch's lazy-module saving (uninitialized tensors as they are), plus the extra state.
 
-        (``LazyModuleMixin`` replaces ``nn.Module``'s method and drops ``_extra_state``.)
+        (``LazyModuleMixin`` replaces ``nn.Module``'s method and drops ``_extra_state``.) The
+        legacy ONNX exporter reads every state entry as a tensor: it gets none.
         """
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        destination[prefix + "_extra_state"] = self.get_extra_state()
+        if not torch.onnx.is_in_onnx_export():  # the legacy exporter takes tensors only
+            destination[prefix + "_extra_state"] = self.get_extra_state()
 
     def set_extra_state(self, state: Any) -> None:
         """Check the saved layout version; the weights themselves load as usual."""
