@@ -543,3 +543,26 @@ def test_source_revision_names_the_checkout_commit_or_nothing(
     copy.write_text("")
     monkeypatch.setattr(bench.bn, "__file__", str(copy))
     assert bench.source_revision() is None
+
+
+def test_compile_run_times_compiled_candidates_and_their_compile_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--compile``: torch.compile'd ours and native, a compile time per candidate, no targets.
+
+    The oracle for the rows' arithmetic is the quick run's test above; here what --compile
+    adds (a small fixed case: compiling is slow).
+    """
+    argv = ["bench", "--compile", "--shapes", "4x8x2x2", "--layouts", "NCHW", "--options"]
+    argv += ["plain,tf_keras", "--modes", "train_fwdbwd", "--rounds", "2", "--quiet"]
+    assert main([*argv, "--out-dir", str(tmp_path)]) == 0
+    out, _ = capsys.readouterr()
+    report = strict_json(tmp_path / "bench.json")
+    assert report["config"]["compile"] is True and report["targets"] == []
+    rows = {row["candidate"]: row for row in report["rows"]}
+    assert sorted(rows) == ["copy", "native", "plain"]
+    for name in ("native", "plain"):
+        assert rows[name]["compiled"] is True and rows[name]["compile_s"] > 0
+        assert rows[name]["saved_bytes"] is None  # not counted when compiled
+    assert "torch.compile'd" in out and "compile s" in out
+    assert any("tf_keras" in note and "--compile" in note for note in report["notes"])

@@ -61,11 +61,17 @@ Metrics, per candidate and case:
 
 The targets of the performance issue are evaluated from these rows (:func:`evaluate_targets`)
 and summarised at the end; ``--check`` turns a missed target into exit status 1.
+
+``--compile`` times every torch candidate ``torch.compile``d (ours, native, the composites;
+tf_keras is skipped) and adds ``compiled`` and ``compile_s`` to each row: the first call's
+time beyond a compiled call's, with inductor's graph cache off and dynamo's caches emptied for
+each case. The eager targets are not evaluated then; ``saved_bytes`` is not counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import math
@@ -74,7 +80,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -502,7 +508,12 @@ def _torch_forward(name: str, case: Case, inputs: _Inputs) -> tuple[Callable, tu
     raise ValueError(f"candidate={name!r} is not a torch candidate")
 
 
-def _torch_timed(name: str, case: Case, inputs: _Inputs) -> _Timed:
+def _torch_timed(name: str, case: Case, inputs: _Inputs, compiled: bool = False) -> _Timed:
+    """The timed unit of a torch candidate; with ``compiled``, its forward ``torch.compile``d.
+
+    Compiled candidates do not count the bytes they save (the counting hooks would become
+    part of what is compiled).
+    """
     if name == "copy":
         source = inputs.x.detach()
         out = torch.empty_like(source)
@@ -512,6 +523,8 @@ def _torch_timed(name: str, case: Case, inputs: _Inputs) -> _Timed:
 
         return _Timed(copy)
     forward, params = _torch_forward(name, case, inputs)
+    if compiled:
+        forward = torch.compile(forward)
     if case.mode == "infer":
 
         def infer() -> Any:
@@ -520,13 +533,13 @@ def _torch_timed(name: str, case: Case, inputs: _Inputs) -> _Timed:
 
         return _Timed(infer)
     if case.mode == "train_fwd":
-        return _Timed(forward, saves_for_backward=True)
+        return _Timed(forward, saves_for_backward=not compiled)
     dy = inputs.dy
 
     def forward_backward() -> Any:
         return torch.autograd.grad(forward(), params, dy)
 
-    return _Timed(forward_backward, saves_for_backward=True)
+    return _Timed(forward_backward, saves_for_backward=not compiled)
 
 
 class _TensorFlow:
@@ -611,6 +624,7 @@ class _Settings:
     warmup: int
     device: torch.device
     case_budget_s: float | None = None
+    compiled: bool = False
 
     def cases(self) -> list[Case]:
         return [
@@ -688,6 +702,7 @@ def _measure_case(
     ready: dict[str, _Timed] = {}
     repeats: dict[str, int] = {}
     saved: dict[str, int] = {}
+    compile_s: dict[str, float] = {}
     per_round = 0.0
     for name in settings.candidates_for(case):
         progress.step(f"{case.label} {name}")
@@ -696,11 +711,11 @@ def _measure_case(
                 assert tensorflow is not None
                 timed = tensorflow.timed(name, case, inputs)
             else:
-                timed = _torch_timed(name, case, inputs)
-            # The first warm-up call also counts the bytes saved for backward; the fastest
-            # warm-up call sets how many calls a sample takes.
+                timed = _torch_timed(name, case, inputs, settings.compiled)
+            # The first warm-up call also counts the bytes saved for backward (compiled: it
+            # compiles); the fastest warm-up call sets how many calls a sample takes.
             durations = []
-            for index in range(max(1, settings.warmup)):
+            for index in range(max(2 if settings.compiled else 1, settings.warmup)):
                 counting = index == 0 and timed.saves_for_backward
                 call = _counting_saved(timed.call, saved, name) if counting else timed.call
                 durations.append(_sample(call, 1, sync))
@@ -710,6 +725,8 @@ def _measure_case(
             notes.append(f"{name} failed on {case.label}: {type(error).__name__}: {error}")
             continue
         ready[name] = timed
+        if settings.compiled:  # the first call's time beyond a compiled call's
+            compile_s[name] = durations[0] - min(durations[1:])
         fastest = max(min(durations), 1e-9)
         repeats[name] = max(1, min(100, math.ceil(MIN_SAMPLE_S / fastest)))
         per_round += fastest * repeats[name]
@@ -758,6 +775,8 @@ def _measure_case(
             "saved_bytes": saved.get(name),
             "saved_vs_input": saved[name] / nbytes if name in saved else None,
             "saved_bytes_limit": None,
+            "compiled": settings.compiled,
+            "compile_s": compile_s.get(name),
         }
         if CANDIDATES[name].implementation == "batchnorm" and "native" in saved and name in saved:
             row["saved_bytes_limit"] = saved["native"] + _allowance_bytes(name, case, inputs)
@@ -950,7 +969,16 @@ def format_case(rows: Sequence[dict[str, Any]]) -> str:
         f"({dims}) {first['layout']} {first['dtype']} {first['mode']}: copy "
         f"{first['copy_bandwidth_gbs']:.1f} GB/s, bound {PASSES[first['mode']]} passes"
     )
-    header = ("candidate", "median ms", "IQR ms", "x native", "GB/s", "% bound", "saved/x")
+    compiled = bool(first.get("compiled"))
+    if compiled:
+        title += "; torch.compile'd"
+    header = ("candidate", "median ms", "IQR ms", "x native", "GB/s", "% bound")
+    header += ("compile s",) if compiled else ("saved/x",)
+
+    def last(row: dict[str, Any]) -> str:
+        value = row.get("compile_s") if compiled else row["saved_vs_input"]
+        return "-" if value is None else f"{value:.{1 if compiled else 2}f}"
+
     cells = [
         (
             row["candidate"],
@@ -959,7 +987,7 @@ def format_case(rows: Sequence[dict[str, Any]]) -> str:
             f"{row['ratio_to_native']:.2f}",
             f"{row['bandwidth_gbs']:.1f}",
             f"{100 * row['fraction_of_bound']:.0f}%",
-            "-" if row["saved_vs_input"] is None else f"{row['saved_vs_input']:.2f}",
+            last(row),
         )
         for row in rows
     ]
@@ -1135,7 +1163,27 @@ def _settings(args: argparse.Namespace, candidates: tuple[str, ...]) -> _Setting
         warmup=warmup if args.warmup is None else args.warmup,
         device=torch.device(args.device),
         case_budget_s=QUICK_CASE_BUDGET_S if quick and args.rounds is None else None,
+        compiled=args.compile,
     )
+
+
+@contextlib.contextmanager
+def _compile_cache(compiled: bool) -> Iterator[None]:
+    """For a compiled case: dynamo's caches emptied, and room for every candidate.
+
+    The candidates' closures share code objects, so without room dynamo would hit its
+    recompile limit and silently run the later ones eagerly. Inductor's graph cache is off,
+    so that every compile time is a full one.
+    """
+    if not compiled:
+        yield
+        return
+    torch._dynamo.reset()
+    with (
+        torch._dynamo.config.patch(recompile_limit=256, accumulated_recompile_limit=4096),
+        torch._inductor.config.patch(fx_graph_cache=False),
+    ):
+        yield
 
 
 def run(args: argparse.Namespace) -> int:
@@ -1155,6 +1203,11 @@ def run(args: argparse.Namespace) -> int:
     wanted = args.options or SELECTABLE
     candidates = ["copy", "native", *(name for name in SELECTABLE if name in wanted)]
     tensorflow = None
+    if args.compile:
+        skipped = [n for n in candidates if CANDIDATES[n].implementation == "tf_keras"]
+        if skipped:
+            notes.append(f"--compile: {', '.join(skipped)} skipped (torch.compile is for torch)")
+        candidates = [n for n in candidates if n not in skipped]
     if any(CANDIDATES[name].implementation == "tf_keras" for name in candidates):
         reason = None
         if device.type != "cpu":
@@ -1204,15 +1257,18 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     try:
         for case in cases:
-            case_rows = _measure_case(case, settings, progress, tensorflow, notes)
+            with _compile_cache(settings.compiled):
+                case_rows = _measure_case(case, settings, progress, tensorflow, notes)
             rows.extend(case_rows)
             progress.clear()
             print(f"\n{format_case(case_rows)}", flush=True)
     finally:
         torch.set_num_threads(threads)
 
-    targets = evaluate_targets(rows)
-    print(f"\n{format_targets(targets)}")
+    # The targets are the eager ones; a compiled run reports its ratios and compile times.
+    targets = [] if settings.compiled else evaluate_targets(rows)
+    if targets:
+        print(f"\n{format_targets(targets)}")
     for note in notes:
         print(f"note: {note}")
     png_message = write_png(rows, png_path) if rows else "no rows: no PNG written"
@@ -1234,6 +1290,7 @@ def run(args: argparse.Namespace) -> int:
             "epsilon": EPSILON,
             "renorm_clipping": RENORM_CLIPPING,
             "ghost_groups": GHOST_GROUPS,
+            "compile": settings.compiled,
         },
         "candidates": {name: CANDIDATES[name].description for name in settings.candidates},
         "bound_passes": PASSES,
@@ -1351,6 +1408,13 @@ def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
         action="store_true",
         help="leave glibc's malloc as configured; by default it keeps freed memory, so that"
         " fresh pages (page faults) do not blur the timings",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every torch candidate (ours, native, composites) and time the"
+        " compiled calls; the tables add each one's compile time (its first call beyond a"
+        " compiled call)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(run=run)
