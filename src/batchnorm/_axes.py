@@ -21,9 +21,28 @@ import torch
 
 from batchnorm._errors import check, fail
 
-__all__ = ["AxisArgument", "ChannelLayout", "validate_axis_argument"]
+__all__ = ["AxisArgument", "ChannelLayout", "broadcasts_to", "validate_axis_argument"]
 
 AxisArgument = int | Sequence[int]
+
+
+def broadcasts_to(target: Sequence[int], *shapes: Sequence[int]) -> bool:
+    """Whether every shape broadcasts to ``target`` without enlarging it (numpy's rule).
+
+    Shapes align on the right; each size must be 1 or the target's. (Written with ``!=``:
+    ``torch.compile`` misreads ``size in (1, full)`` for tensors made inside a graph.)
+
+    Example:
+        >>> broadcasts_to((2, 3), (3,), (2, 1)), broadcasts_to((2, 3), (2,))
+        (True, False)
+    """
+    for shape in shapes:
+        if len(shape) > len(target):
+            return False
+        tail = target[len(target) - len(shape) :]
+        if any(size != 1 and size != full for size, full in zip(shape, tail, strict=True)):
+            return False
+    return True
 
 
 def validate_axis_argument(axis: object) -> int | tuple[int, ...]:

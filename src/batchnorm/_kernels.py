@@ -46,6 +46,7 @@ import torch
 
 from batchnorm._affine import invstd
 from batchnorm._aten import aten_input, aten_slices, aten_vector, native_inference
+from batchnorm._axes import broadcasts_to
 from batchnorm._moments import compute_moments, no_nan_divide, weight_total
 from batchnorm._reductions import (
     block_view_sizes,
@@ -120,7 +121,7 @@ class NormalizeApply(torch.autograd.Function):
         ctx.shapes = (scale.shape, shift.shape)
         ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
         x_scale = invstd * scale
-        per_kept = _broadcasts_to(mean.shape, x_scale.shape, shift.shape)
+        per_kept = broadcasts_to(mean.shape, x_scale.shape, shift.shape)
         # The fold check synchronises: taken once here and kept for the backward apply.
         ctx.within_limit = None
         if per_kept and x.dtype == mean.dtype:
@@ -140,7 +141,7 @@ class NormalizeApply(torch.autograd.Function):
         need_x, need_scale, need_shift = ctx.needs
         scale_shape, shift_shape = ctx.shapes
         result = None
-        if _broadcasts_to(mean.shape, scale_shape, shift_shape):
+        if broadcasts_to(mean.shape, scale_shape, shift_shape):
             if dy.stride() != x.stride():  # once, for every pass below to read alike
                 dy = torch.empty_like(x, dtype=dy.dtype).copy_(dy)
             # Per channel, possibly shared across ghost groups: the kernels take the scale
@@ -384,24 +385,6 @@ def _upcast_apply(
 def _folds_within_limit(mean: torch.Tensor, invstd: torch.Tensor) -> bool:
     """Whether ``|mean| * invstd <= FOLD_LIMIT`` for every channel (False for NaN)."""
     return mean.numel() == 0 or float((mean.abs() * invstd).max()) <= FOLD_LIMIT
-
-
-def _broadcasts_to(target: torch.Size, *shapes: torch.Size) -> bool:
-    """Whether every shape broadcasts to ``target`` without enlarging it.
-
-    Example:
-        >>> _broadcasts_to(torch.Size([2, 3]), torch.Size([3]), torch.Size([2, 1]))
-        True
-    """
-    for shape in shapes:
-        if shape == target:
-            continue
-        if len(shape) > len(target):
-            return False
-        tail = target[len(target) - len(shape) :]
-        if any(size not in (1, full) for size, full in zip(shape, tail, strict=True)):
-            return False
-    return True
 
 
 def scale_and_shift(

@@ -28,7 +28,7 @@ from batchnorm._affine import (
     updated_statistics,
 )
 from batchnorm._aten import native_inference
-from batchnorm._axes import AxisArgument, ChannelLayout
+from batchnorm._axes import AxisArgument, ChannelLayout, broadcasts_to
 from batchnorm._errors import (
     check,
     check_epsilon,
@@ -140,10 +140,7 @@ class _View(NamedTuple):
             BatchNormError: naming ``argument`` if ``t`` does not broadcast to the input.
         """
         rank = len(self.input_shape)
-        if t.dim() > rank or any(  # != rather than `in`, which torch.compile misreads here
-            size != 1 and size != full
-            for size, full in zip(reversed(t.shape), reversed(self.input_shape), strict=False)
-        ):
+        if not broadcasts_to(self.input_shape, t.shape):
             raise fail(
                 f"{argument}.shape",
                 tuple(t.shape),
@@ -216,8 +213,7 @@ def _mask_shape(mask: torch.Tensor, x: torch.Tensor, layout: ChannelLayout) -> t
     shape = tuple(mask.shape)
     if mask.dim() == rank - 1:
         shape = (*shape, 1)
-    fits = len(shape) == rank and all(m == 1 or m == s for m, s in zip(shape, x.shape, strict=True))
-    if fits:
+    if len(shape) == rank and broadcasts_to(x.shape, shape):
         return shape
     expected = (
         f"the input shape without its last axis, {tuple(x.shape[:-1])} (Keras expands a mask "
