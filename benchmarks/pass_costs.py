@@ -42,7 +42,7 @@ import torch
 from torch.nn import functional
 
 import batchnorm as bn
-from batchnorm import _aten
+from batchnorm import _aten, _thresholds
 from batchnorm._kernels import _blocked_sums, _input_gradient, _slice_sums, _upcast_apply
 from batchnorm._reductions import blocked_channel_sum, channel_sum
 from batchnorm._statistics import _centered_square, _slice_moments, _upcast_moments, stats_pass
@@ -230,12 +230,12 @@ def _ghost_sums(dtype: torch.dtype, rounds: int) -> dict[str, float]:
     zeros, ones = torch.zeros(256), torch.ones(256)
 
     def sliced(slice_elements: int) -> object:
-        saved = _aten.SLICE_ELEMENTS
-        _aten.SLICE_ELEMENTS = slice_elements
+        saved = _thresholds.SLICE_ELEMENTS
+        _thresholds.SLICE_ELEMENTS = slice_elements
         try:
             return _slice_sums(grouped, grouped_dy, mean, invstd, axes)
         finally:
-            _aten.SLICE_ELEMENTS = saved
+            _thresholds.SLICE_ELEMENTS = saved
 
     candidates: Candidates = {
         "aten, no groups": lambda: torch.ops.aten.native_batch_norm_backward(
@@ -245,7 +245,7 @@ def _ghost_sums(dtype: torch.dtype, rounds: int) -> dict[str, float]:
         "per example": lambda: sliced(1),
     }
     if dtype != torch.float32:  # examples are too small to slice: 16-bit inputs regroup
-        candidates["regrouped"] = lambda: sliced(_aten.SLICE_ELEMENTS)
+        candidates["regrouped"] = lambda: sliced(_thresholds.SLICE_ELEMENTS)
     return interleaved(candidates, rounds)
 
 

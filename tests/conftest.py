@@ -22,12 +22,12 @@ TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
 
 
 # The fast path's two routes to float moments, by the value of
-# ``batchnorm._statistics.SMALL_INPUT_ELEMENTS`` that forces each: the two-pass sums, and one
+# ``batchnorm._thresholds.SMALL_INPUT_ELEMENTS`` that forces each: the two-pass sums, and one
 # ``torch.var_mean`` (most test inputs are small enough to take it by default).
 STATS_ROUTES: dict[str, int] = {"two-pass sums": 0, "var_mean": 1 << 62}
 
 # The training apply's two routes for float NCHW rows, by the value of
-# ``batchnorm._kernels.ATEN_APPLY_ELEMENTS`` that forces each: ATen's inference kernel, and the
+# ``batchnorm._thresholds.ATEN_APPLY_ELEMENTS`` that forces each: ATen's inference kernel, and the
 # torch ops (which test inputs, being small, take by default).
 APPLY_ROUTES: dict[str, int] = {"ATen kernel": 0, "torch ops": 1 << 62}
 

@@ -50,7 +50,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import batchnorm as bn
-from batchnorm import _aten, _kernels, _reductions, _statistics
+from batchnorm import _thresholds
 from batchnorm.functional import batch_norm
 
 # Every threshold that picks a fast-path route, with the values that force each side. The
@@ -63,13 +63,13 @@ from batchnorm.functional import batch_norm
 # default folds it where that costs at most a few units of roundoff. (A larger limit is no
 # route of its own but a precision loss the library avoids on purpose.)
 ROUTES: dict[tuple[Any, str], list[Any]] = {
-    (_statistics, "SMALL_INPUT_ELEMENTS"): sorted(STATS_ROUTES.values()),
-    (_kernels, "ATEN_APPLY_ELEMENTS"): sorted(APPLY_ROUTES.values()),
-    (_aten, "SLICE_ELEMENTS"): [1, _aten.SLICE_ELEMENTS, 1 << 62],
-    (_reductions, "BLOCK_ELEMENTS"): [1, _reductions.BLOCK_ELEMENTS],
-    (_kernels, "FOLD_LIMIT"): [-1.0, _kernels.FOLD_LIMIT],
+    (_thresholds, "SMALL_INPUT_ELEMENTS"): sorted(STATS_ROUTES.values()),
+    (_thresholds, "ATEN_APPLY_ELEMENTS"): sorted(APPLY_ROUTES.values()),
+    (_thresholds, "SLICE_ELEMENTS"): [1, _thresholds.SLICE_ELEMENTS, 1 << 62],
+    (_thresholds, "BLOCK_ELEMENTS"): [1, _thresholds.BLOCK_ELEMENTS],
+    (_thresholds, "FOLD_LIMIT"): [-1.0, _thresholds.FOLD_LIMIT],
 }
-SIZED_ROUTES = ((_aten, "SLICE_ELEMENTS"), (_reductions, "BLOCK_ELEMENTS"))
+SIZED_ROUTES = ((_thresholds, "SLICE_ELEMENTS"), (_thresholds, "BLOCK_ELEMENTS"))
 
 OPTIONS = (
     "renorm",
@@ -510,7 +510,7 @@ def test_fast_path_matches_reference_path_for_any_call(call):
         dtype=torch.bfloat16,
         parameter_dtype=torch.float32,
         options={"virtual_batch_size": 2},
-        routes={(_aten, "SLICE_ELEMENTS"): 24},
+        routes={(_thresholds, "SLICE_ELEMENTS"): 24},
     )
 )
 def test_fast_path_matches_reference_path_for_sixteen_bit_inputs(call):

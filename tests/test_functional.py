@@ -21,7 +21,7 @@ from configs import (
 from conftest import APPLY_ROUTES, STATS_ROUTES, tolerance
 
 import batchnorm as bn
-from batchnorm import _kernels, _statistics
+from batchnorm import _thresholds
 from batchnorm.functional import batch_norm
 
 
@@ -65,8 +65,8 @@ def _run(config, x, state, dy, call, *, training, fused):
 def test_fast_path_matches_reference_path(
     config, training, stats_route, apply_route, generator, device, monkeypatch
 ):
-    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
-    monkeypatch.setattr(_kernels, "ATEN_APPLY_ELEMENTS", APPLY_ROUTES[apply_route])
+    monkeypatch.setattr(_thresholds, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
+    monkeypatch.setattr(_thresholds, "ATEN_APPLY_ELEMENTS", APPLY_ROUTES[apply_route])
     x = config.make_input(generator)
     state = state_tensors(config, x, generator)
     call = call_tensors(config, x, generator)
@@ -244,7 +244,7 @@ def test_empty_batch_leaves_statistics_alone_and_gradients_finite():
 @pytest.mark.parametrize("stats_route", sorted(STATS_ROUTES))
 def test_large_offset_keeps_variance_precise(stats_route, monkeypatch):
     """Two-pass or Welford moments: a mean 1e4 times the spread loses nothing measurable."""
-    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
+    monkeypatch.setattr(_thresholds, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
     base = torch.randn(64, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     x = (base + 1e4).float()
     want = x.double().var(dim=0, unbiased=False)

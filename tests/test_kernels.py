@@ -7,7 +7,7 @@ import torch
 from conftest import APPLY_ROUTES, STATS_ROUTES
 
 import batchnorm as bn
-from batchnorm import _aten, _kernels, _reductions, _statistics
+from batchnorm import _aten, _thresholds
 from batchnorm._aten import native_inference
 from batchnorm._kernels import NormalizeApply
 from batchnorm._reductions import channel_sum, channel_sum_of_squares
@@ -132,7 +132,7 @@ def test_channel_sums_over_any_layout_match_float64(make):
 
 def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension(monkeypatch):
     """Per-example rows of a channels_last batch: blocks along the batch are stacked, not added."""
-    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 1000)  # 4 blocks along the kept batch
+    monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 1000)  # 4 blocks along the kept batch
     generator = torch.Generator().manual_seed(3)
     t = torch.randn(8, 4, 10, 10, generator=generator).contiguous(memory_format=torch.channels_last)
     want = (t.double() ** 2).sum(dim=(2, 3), keepdim=True)
@@ -142,8 +142,8 @@ def test_blocked_squares_stack_blocks_along_a_kept_outer_dimension(monkeypatch):
 
 def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypatch):
     """Kept axes (0, 2) of a contiguous (8, 5, 3): the mean is sliced with each block of x."""
-    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 16)  # one example per block
-    monkeypatch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", STATS_ROUTES["two-pass sums"])
+    monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 16)  # one example per block
+    monkeypatch.setattr(_thresholds, "SMALL_INPUT_ELEMENTS", STATS_ROUTES["two-pass sums"])
     x = torch.randn(8, 5, 3, generator=torch.Generator().manual_seed(4)) * 2 + 3
     moments = stats_pass(x, (0, 2))
     x64 = x.double()
@@ -165,7 +165,7 @@ def _route_without_block_view(
     """
     example = x[(0,) * (x.dim() - 3)].numel()  # the trailing (C, H, W) of one example
     limits = {"ATen slices": 1, "regrouped slices": example + 1, "upcast blocks": 1 << 40}
-    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", limits[route])
+    monkeypatch.setattr(_thresholds, "SLICE_ELEMENTS", limits[route])
     sliced = _aten.aten_slices(x, axes, regroup=True)
     regrouped = sliced is not None and sliced.regrouped
     assert regrouped == (route == "regrouped slices" and ghost_channels_last)
@@ -202,7 +202,7 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(
     regrouped copy's ghost groups, the apply upcast blocks), or (slices too small, or none)
     blocks upcast one at a time; each is forced here.
     """
-    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 256)  # several blocks where upcast
+    monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 256)  # several blocks where upcast
     make, axes = SIXTEEN_BIT_LAYOUTS[layout]
     generator = torch.Generator().manual_seed(5)
     x = make((torch.randn(6, 4, 5, 7, generator=generator) * 1.5 + 10).to(dtype16))
@@ -255,8 +255,8 @@ def test_sixteen_bit_weighted_moments_and_backward_match_float64(
 
     The NaN at a zero weight checks that no route lets it reach the moments.
     """
-    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)  # several blocks of x
-    monkeypatch.setattr(_aten, "SLICE_ELEMENTS", 1 if slices == "ATen slices" else 1 << 40)
+    monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 200)  # several blocks of x
+    monkeypatch.setattr(_thresholds, "SLICE_ELEMENTS", 1 if slices == "ATen slices" else 1 << 40)
     generator = torch.Generator().manual_seed(7)
     x = (torch.randn(6, 3, 5, 7, generator=generator) * 3 + 5).to(dtype16)
     x = x.contiguous(memory_format=memory_format)
@@ -369,7 +369,7 @@ def test_apply_error_stays_within_the_rounding_of_the_mean(
     deviation, measured; the bound allows 8). A one-pass variance or a 16-bit intermediate
     break it by orders of magnitude.
     """
-    monkeypatch.setattr(_kernels, "ATEN_APPLY_ELEMENTS", APPLY_ROUTES[apply_route])
+    monkeypatch.setattr(_thresholds, "ATEN_APPLY_ELEMENTS", APPLY_ROUTES[apply_route])
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(16, 8, 12, 12, generator=generator) * 2 + offset
     axis = 1
@@ -426,7 +426,7 @@ def test_backward_for_ghost_batches_of_channels_last_matches_float64(
     """Kept (group, channel) axes apart in memory: ATen's sums slice by slice (one example
     each, or for 16-bit inputs a regrouped copy's ghost groups) or blocked sums (6 blocks of
     one example), then the blocked backward apply."""
-    monkeypatch.setattr(_reductions, "BLOCK_ELEMENTS", 200)
+    monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 200)
     generator = torch.Generator().manual_seed(6)
     x = (torch.randn(6, 4, 5, 5, generator=generator) * 3 + 5).to(dtype)
     x = x.contiguous(memory_format=torch.channels_last).reshape(2, 3, 4, 5, 5)

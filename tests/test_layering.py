@@ -17,6 +17,7 @@ LAYERS = {
     "_errors": 0,
     "_types": 0,
     "_registry": 0,
+    "_thresholds": 0,
     "_axes": 1,
     "_moments": 1,
     "_affine": 1,

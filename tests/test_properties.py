@@ -10,7 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import batchnorm as bn
-from batchnorm import _statistics
+from batchnorm import _thresholds
 from batchnorm._affine import bessel_factor
 from batchnorm._moments import compute_moments, pool_groups
 from batchnorm._statistics import stats_pass
@@ -45,7 +45,7 @@ def test_stats_pass_matches_readable_moments_for_any_layout(layout, seed, small_
     rank = len(shape)
     axes = sorted({a % rank for a in ([axis] if isinstance(axis, int) else axis)})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_statistics, "SMALL_INPUT_ELEMENTS", small_input_elements)
+        patch.setattr(_thresholds, "SMALL_INPUT_ELEMENTS", small_input_elements)
         moments = stats_pass(x, axes)
     want = compute_moments(x, [d for d in range(rank) if d not in axes])
     torch.testing.assert_close(moments.mean, want.mean, rtol=1e-5, atol=1e-6)

@@ -16,11 +16,11 @@ from math import prod
 
 import torch
 
+from batchnorm import _thresholds
 from batchnorm._moments import accumulation_dtype
 from batchnorm._reductions import block_view, is_dense, memory_order_of, viewed_like
 
 __all__ = [
-    "SLICE_ELEMENTS",
     "AtenSlices",
     "aten_input",
     "aten_slices",
@@ -118,11 +118,6 @@ def native_inference(
     return y if restore is None else viewed_like(y, restore)
 
 
-# Fewest elements per slice for which ATen's kernels run slice by slice (:func:`aten_slices`):
-# below it, a call per slice costs more than the blocked torch ops it replaces.
-SLICE_ELEMENTS = 1 << 16
-
-
 class AtenSlices:
     """An input cut along its outermost dimensions in memory into slices ATen's kernels take.
 
@@ -218,7 +213,7 @@ def aten_slices(
 
 
 def _large_enough(sliced: AtenSlices | None, numel: int) -> bool:
-    return sliced is not None and numel >= SLICE_ELEMENTS * sliced.count
+    return sliced is not None and numel >= _thresholds.SLICE_ELEMENTS * sliced.count
 
 
 @functools.lru_cache(maxsize=256)

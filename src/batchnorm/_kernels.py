@@ -44,6 +44,7 @@ from math import prod
 
 import torch
 
+from batchnorm import _thresholds
 from batchnorm._affine import invstd
 from batchnorm._aten import aten_input, aten_slices, aten_vector, native_inference
 from batchnorm._axes import broadcasts_to
@@ -238,7 +239,9 @@ def folded_apply(
         [3.0, 7.0]
     """
     sixteen_bit = x.dtype != scale.dtype
-    if (sixteen_bit or x.numel() >= ATEN_APPLY_ELEMENTS) and aten_applies_faster(x, axes):
+    if (sixteen_bit or x.numel() >= _thresholds.ATEN_APPLY_ELEMENTS) and aten_applies_faster(
+        x, axes
+    ):
         y = native_inference(x, axes, *_unit_statistics(scale), scale, shift, 0.0)
         if y is not None:
             return y
@@ -312,18 +315,6 @@ def aten_applies_faster(x: torch.Tensor, axes: Sequence[int]) -> bool:
     return sizes is not None and (x.dtype in (torch.bfloat16, torch.float16) or sizes[2] > 1)
 
 
-# Fewest elements of a float32 or float64 input for which the training apply takes ATen's
-# inference kernel where it is the faster one: below, the call's fixed cost (about 30 us here)
-# exceeds the two torch ops it replaces (float32 NCHW (8, 16, 16, 16): 24 us against 43;
-# equal near 2^18). 16-bit inputs take it at any size: their torch ops upcast. Inference,
-# which calls the kernel once with the moving statistics, takes it at any size too.
-ATEN_APPLY_ELEMENTS = 1 << 17
-
-
-# Largest |mean| * invstd for which a float32 or float64 apply folds the mean into the shift.
-FOLD_LIMIT = 8.0
-
-
 def _apply(
     x: torch.Tensor,
     mean: torch.Tensor,
@@ -384,7 +375,7 @@ def _upcast_apply(
 
 def _folds_within_limit(mean: torch.Tensor, invstd: torch.Tensor) -> bool:
     """Whether ``|mean| * invstd <= FOLD_LIMIT`` for every channel (False for NaN)."""
-    return mean.numel() == 0 or float((mean.abs() * invstd).max()) <= FOLD_LIMIT
+    return mean.numel() == 0 or float((mean.abs() * invstd).max()) <= _thresholds.FOLD_LIMIT
 
 
 def scale_and_shift(

@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import torch
 
+from batchnorm import _thresholds
+
 __all__ = [
-    "BLOCK_ELEMENTS",
     "ScratchSpace",
     "block_view",
     "block_view_sizes",
@@ -220,11 +221,6 @@ def _square(t: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
     return torch.mul(t, t, out=out)
 
 
-# Elements per block of blocked_channel_sum: 4 MB of float32. Blocks stay in the last-level
-# cache; smaller ones pay torch's per-op cost (tens of microseconds here) more often.
-BLOCK_ELEMENTS = 1 << 20
-
-
 class ScratchSpace(threading.local):
     """One reused buffer per thread, role, device and dtype, for blocked sums and upcasts.
 
@@ -247,7 +243,7 @@ class ScratchSpace(threading.local):
         buffer = self.buffers.get(key)
         if buffer is None or buffer.numel() < block.numel():
             buffer = torch.empty(
-                max(block.numel(), BLOCK_ELEMENTS), dtype=dtype, device=block.device
+                max(block.numel(), _thresholds.BLOCK_ELEMENTS), dtype=dtype, device=block.device
             )
             self.buffers[key] = buffer
         return viewed_like(buffer[: block.numel()], block)
@@ -277,7 +273,7 @@ def blocked_channel_sum(
         [20.0, 35.0]
     """
     first = tensors[0]
-    if first.numel() <= BLOCK_ELEMENTS:  # one block: the products fill the scratch once
+    if first.numel() <= _thresholds.BLOCK_ELEMENTS:  # one block: the products fill the scratch once
         out = scratch_space.like(first, dtype or first.dtype)
         return channel_sum(product(*tensors, out=out), axes)
     scratch = None
@@ -301,7 +297,7 @@ def blocks(
     """
     dim = memory_order(first)[0]
     size = first.shape[dim]
-    step = max(1, min(size, BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
+    step = max(1, min(size, _thresholds.BLOCK_ELEMENTS // max(1, first.numel() // max(size, 1))))
     for start in range(0, max(size, 1), step):  # an empty dimension: one empty block
         length = min(step, size - start)
         yield (

@@ -17,6 +17,7 @@ from math import prod
 
 import torch
 
+from batchnorm import _thresholds
 from batchnorm._aten import aten_input, aten_slices
 from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, weighted
 from batchnorm._reductions import (
@@ -37,12 +38,6 @@ __all__ = ["stats_pass"]
 # subtraction then a multiplication are: one pass over the block where ``sub`` then ``mul_``
 # make two (the stats pass measured 10-20% faster, bit-identical results).
 _NO_REDUCTION = 0
-
-
-# Largest float input whose moments come from one ``torch.var_mean`` (Welford, accumulated in
-# float64, one thread: about 3.6 ns an element here). Below it, that one op beats the dozen
-# that the two-pass sums take (80-140 us whatever the size); above it, the sums win.
-SMALL_INPUT_ELEMENTS = 1 << 14
 
 
 def _centered_square(block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor) -> torch.Tensor:
@@ -81,7 +76,7 @@ def stats_pass(
             return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
         xs = x.to(acc)
         count = weight_total(weights, x.shape, reduce_dims).to(acc)
-        if weights is None and 0 < xs.numel() <= SMALL_INPUT_ELEMENTS:
+        if weights is None and 0 < xs.numel() <= _thresholds.SMALL_INPUT_ELEMENTS:
             var, mean = torch.var_mean(xs, dim=reduce_dims, correction=0, keepdim=True)
         elif weights is None:
             mean = channel_sum(xs, axes) / count

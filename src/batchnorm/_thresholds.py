@@ -1,0 +1,46 @@
+"""Every threshold that picks a fast-path route, in one table, with the measurement behind it.
+
+The fast path's modules read these at call time (``_thresholds.NAME``), so a test forces a
+route by patching this module, and ``benchmarks/pass_costs.py`` re-measures the costs that set
+them. Measured on the project's 2-core VM (torch 2.13, CPU); ``here`` below means there.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ATEN_APPLY_ELEMENTS",
+    "BLOCK_ELEMENTS",
+    "FOLD_LIMIT",
+    "SLICE_ELEMENTS",
+    "SMALL_INPUT_ELEMENTS",
+]
+
+# Statistics (:mod:`batchnorm._statistics`): the largest float input whose moments come from
+# one ``torch.var_mean`` (Welford, accumulated in float64, one thread: about 3.6 ns an element
+# here). Below it, that one op beats the dozen that the two-pass sums take (80-140 us whatever
+# the size); above it, the sums win.
+SMALL_INPUT_ELEMENTS = 1 << 14
+
+# Training apply (:mod:`batchnorm._kernels`): the fewest elements of a float32 or float64 input
+# for which the apply takes ATen's inference kernel where it is the faster one. Below, the
+# call's fixed cost (about 30 us here) exceeds the two torch ops it replaces (float32 NCHW
+# (8, 16, 16, 16): 24 us against 43; equal near 2^18). 16-bit inputs take it at any size:
+# their torch ops upcast. Inference, which calls the kernel once with the moving statistics,
+# takes it at any size too.
+ATEN_APPLY_ELEMENTS = 1 << 17
+
+# ATen slice by slice (:mod:`batchnorm._aten`): the fewest elements per slice for which ATen's
+# kernels run slice by slice (inputs without a block view: ghost batches of channels_last
+# inputs); below it, a call per slice costs more than the blocked torch ops it replaces.
+SLICE_ELEMENTS = 1 << 16
+
+# Blocked sums (:mod:`batchnorm._reductions`): elements per block, 4 MB of float32. Blocks stay
+# in the last-level cache; smaller ones pay torch's per-op cost (tens of microseconds here)
+# more often.
+BLOCK_ELEMENTS = 1 << 20
+
+# The folded apply (:mod:`batchnorm._kernels`): the largest ``|mean| * invstd`` for which a
+# float32 or float64 apply folds the mean into the shift (``x * a + (b - mean * a)``, one
+# pass); beyond it, the centred form keeps the rounding error at a few units (see
+# ``_kernels._apply``).
+FOLD_LIMIT = 8.0
