@@ -167,3 +167,22 @@ BEFORE_BUILD = [
 def test_fused_before_the_build_is_tf_keras_value(record):
     kwargs = {k: v for k, v in record["layer_kwargs"].items()}
     assert bn.BatchNormalization(**kwargs).fused == record["fused_before_build"]
+
+
+def test_the_old_mask_form_of_several_channel_axes_gets_the_reshape_that_fixes_it():
+    """The suggested reshape is checked by using it: it must equal the mask's full-rank form."""
+    x = torch.randn(4, 2, 5, 3)
+    old_form = torch.rand(4, 5, generator=torch.Generator().manual_seed(6)) > 0.3
+    with pytest.raises(bn.BatchNormError, match=r"mask\.reshape\(4, 1, 5, 1\)"):
+        bn.functional.batch_norm(
+            x, torch.zeros(6), torch.ones(6), axis=[1, 3], training=True, mask=old_form
+        )
+    fixed = bn.functional.batch_norm(
+        x,
+        torch.zeros(6),
+        torch.ones(6),
+        axis=[1, 3],
+        training=True,
+        mask=old_form.reshape(4, 1, 5, 1),
+    )
+    assert torch.isfinite(fixed.output).all()

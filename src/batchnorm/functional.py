@@ -221,12 +221,11 @@ def _mask_shape(mask: torch.Tensor, x: torch.Tensor, layout: ChannelLayout) -> t
         f"{tuple(x.shape)}"
     )
     without_channels = tuple(s for d, s in enumerate(x.shape) if d not in layout.axes)
-    if shape[:-1] == without_channels and mask.dim() == rank - 1:
+    if tuple(mask.shape) == without_channels:  # the form this library took before Keras'
         axes = sorted(layout.axes)
-        expected += (
-            f"; for a mask over every axis but the channel axes {axes}, insert them: "
-            f"mask.unsqueeze({axes[0]})"
-        )
+        full = tuple(1 if d in axes else s for d, s in enumerate(x.shape))
+        fix = f"mask.unsqueeze({axes[0]})" if len(axes) == 1 else f"mask.reshape{full}"
+        expected += f"; for a mask over every axis but the channel axes {axes}, insert them: {fix}"
     raise fail("mask.shape", tuple(mask.shape), expected)
 
 
