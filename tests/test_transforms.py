@@ -98,6 +98,7 @@ COMPILE_OPTIONS = {
     "ghost": ({"virtual_batch_size": 2}, {}),
     "weights": ({}, {"batch_weights": "weights"}),
     "mask": ({}, {"mask": "mask"}),
+    "keras_mask": ({}, {"mask": "keras_mask"}),  # Keras' form, x.shape[:-1]
     "adjustment": ({"adjustment": _adjustment}, {}),
     "zero_debias": ({"zero_debias_moving_mean": True}, {}),
     "deferred": ({"deferred_updates": True}, {}),
@@ -107,7 +108,8 @@ COMPILE_OPTIONS = {
 def _call_inputs(kind: str, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     if kind == "weights":
         return torch.rand(x.shape[0], generator=generator) + 0.1
-    mask = torch.rand(x.shape[0], 1, *x.shape[2:], generator=generator) > 0.3
+    shape = x.shape[:-1] if kind == "keras_mask" else (x.shape[0], 1, *x.shape[2:])
+    mask = torch.rand(shape, generator=generator) > 0.3
     mask.view(-1)[0] = True
     return mask
 
