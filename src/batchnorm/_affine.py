@@ -108,8 +108,10 @@ def ema_update(moving: torch.Tensor, value: torch.Tensor, momentum: float) -> to
 
     """
     if torch.compiler.is_compiling():  # the same float32 factor, as a graph constant
-        return moving - (moving - value) * torch.tensor(1.0 - momentum, dtype=torch.float32)
-    return moving - (moving - value) * float32_round(1.0 - momentum)
+        factor = torch.tensor(1.0 - momentum, dtype=torch.float32)
+    else:
+        factor = float32_round(1.0 - momentum)
+    return moving - (moving - value) * factor
 
 
 def float32_round(value: float) -> float:
