@@ -43,9 +43,14 @@ from torch.nn import functional
 
 import batchnorm as bn
 from batchnorm import _aten, _thresholds
-from batchnorm._kernels import _blocked_sums, _input_gradient, _slice_sums, _upcast_apply
+from batchnorm._kernels import (
+    FOLDED_APPLY_ROUTES,
+    REDUCE_ROUTES,
+    BackwardInputs,
+    _input_gradient,
+)
 from batchnorm._reductions import blocked_channel_sum, channel_sum
-from batchnorm._statistics import _centered_square, _slice_moments, _upcast_moments, stats_pass
+from batchnorm._statistics import STATS_ROUTES, _centered_square, stats_pass
 from batchnorm.cli._allocator import keep_freed_memory
 
 Candidates = dict[str, Callable[[], object]]
@@ -188,8 +193,8 @@ def ghost_section(rounds: int) -> None:
     axes, reduce_dims = (1, 2), [0, 3, 4]
     scale, shift = torch.rand(1, 4, 256, 1, 1), torch.randn(1, 4, 256, 1, 1)
     statistics_routes = {
-        "regrouped": lambda: _slice_moments(x, axes, reduce_dims, torch.float32),
-        "upcast": lambda: _upcast_moments(x, None, axes, reduce_dims, torch.float32),
+        "regrouped": lambda: STATS_ROUTES["aten_slices"](x, axes, None, reduce_dims, torch.float32),
+        "upcast": lambda: STATS_ROUTES["upcast_blocks"](x, axes, None, reduce_dims, torch.float32),
     }
     report("statistics", interleaved(statistics_routes, rounds))
     regrouped_apply = _aten.aten_slices(x, axes, regroup=True)
@@ -217,7 +222,8 @@ def ghost_section(rounds: int) -> None:
             )
         return torch.empty_like(x).copy_(y)
 
-    apply_routes = {"regrouped": apply_regrouped, "upcast": lambda: _upcast_apply(x, scale, shift)}
+    upcast = FOLDED_APPLY_ROUTES["upcast"]
+    apply_routes = {"regrouped": apply_regrouped, "upcast": lambda: upcast(x, axes, scale, shift)}
     report("apply", interleaved(apply_routes, rounds))
 
 
@@ -228,12 +234,15 @@ def _ghost_sums(dtype: torch.dtype, rounds: int) -> dict[str, float]:
     axes = (1, 2)
     mean, invstd = torch.zeros(1, 4, 256, 1, 1), torch.ones(1, 4, 256, 1, 1)
     zeros, ones = torch.zeros(256), torch.ones(256)
+    inputs = BackwardInputs(
+        grouped, grouped_dy, None, mean, invstd, ones, ones.shape, axes, (False, True, True), True
+    )
 
     def sliced(slice_elements: int) -> object:
         saved = _thresholds.SLICE_ELEMENTS
         _thresholds.SLICE_ELEMENTS = slice_elements
         try:
-            return _slice_sums(grouped, grouped_dy, mean, invstd, axes)
+            return REDUCE_ROUTES["aten_slices"](inputs)
         finally:
             _thresholds.SLICE_ELEMENTS = saved
 
@@ -241,7 +250,7 @@ def _ghost_sums(dtype: torch.dtype, rounds: int) -> dict[str, float]:
         "aten, no groups": lambda: torch.ops.aten.native_batch_norm_backward(
             dy, x, None, None, None, zeros, ones, True, 0.0, [False, True, True]
         ),
-        "blocked": lambda: _blocked_sums(grouped, grouped_dy, mean, invstd, axes),
+        "blocked": lambda: REDUCE_ROUTES["blocked"](inputs),
         "per example": lambda: sliced(1),
     }
     if dtype != torch.float32:  # examples are too small to slice: 16-bit inputs regroup

@@ -9,9 +9,18 @@ from conftest import APPLY_ROUTES, STATS_ROUTES
 import batchnorm as bn
 from batchnorm import _aten, _thresholds
 from batchnorm._aten import native_inference
+from batchnorm._axes import broadcasts_to
 from batchnorm._kernels import NormalizeApply
+from batchnorm._plan import plan_for
 from batchnorm._reductions import channel_sum, channel_sum_of_squares
 from batchnorm._statistics import stats_pass
+
+
+def _normalize_apply(x, weights, mean, invstd, scale, shift, axes):
+    """The fast apply with the plan the functional would choose for these shapes."""
+    per_channel = broadcasts_to(mean.shape, scale.shape, shift.shape)
+    plan = plan_for(x, axes, weights, per_channel=per_channel)
+    return NormalizeApply.apply(x, weights, mean, invstd, scale, shift, tuple(axes), 1e-3, plan)
 
 
 @pytest.mark.parametrize(
@@ -80,7 +89,7 @@ def test_weighted_moments_and_backward_match_float64(shape, memory_format, weigh
     torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=1e-5, atol=1e-5)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes, 1e-3)
+    y = _normalize_apply(xg, weights, moments.mean, invstd, s, b, axes)
     y.backward(dy)
     # float32 rounding of the mean itself grows with the offset (~u |mean| / std in x_hat).
     atol = 1e-5 * max(1.0, offset / 50)
@@ -224,7 +233,7 @@ def test_sixteen_bit_moments_output_and_gradients_match_float64(
     torch.testing.assert_close(moments.mean.double(), mean64.detach(), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(moments.var.double(), var64.detach(), rtol=2e-4, atol=1e-5)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, None, moments.mean, invstd, s, b, axes, 1e-3)
+    y = _normalize_apply(xg, None, moments.mean, invstd, s, b, axes)
     assert y.dtype == dtype16 and y.stride() == x.stride()
     y.backward(dy)
     tolerance = {torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype16]
@@ -281,7 +290,7 @@ def test_sixteen_bit_weighted_moments_and_backward_match_float64(
     xg = clean.requires_grad_()
     s, b = scale.clone().requires_grad_(), shift.clone().requires_grad_()
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, weights, moments.mean, invstd, s, b, axes, 1e-3)
+    y = _normalize_apply(xg, weights, moments.mean, invstd, s, b, axes)
     y.backward(dy)
     assert y.dtype == dtype16 and xg.grad.dtype == dtype16
     tolerance = {torch.bfloat16: 2e-2, torch.float16: 3e-3}[dtype16]
@@ -297,7 +306,7 @@ def test_sixteen_bit_output_with_a_per_element_shift_matches_float64():
     scale = torch.rand(1, 4, 1, 1, generator=generator) + 0.5
     moments = stats_pass(x, (1,))
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(x, None, moments.mean, invstd, scale, shift, (1,), 1e-3)
+    y = _normalize_apply(x, None, moments.mean, invstd, scale, shift, (1,))
     x64 = x.double()
     mean = x64.mean(dim=(0, 2, 3), keepdim=True)
     var = x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
@@ -445,7 +454,7 @@ def test_backward_for_ghost_batches_of_channels_last_matches_float64(
     given_weights = None if weight_kind == "none" else weights
     moments = stats_pass(xg, axes, given_weights)
     invstd = torch.rsqrt(moments.var + 1e-3)
-    y = NormalizeApply.apply(xg, given_weights, moments.mean, invstd, s, b, axes, 1e-3)
+    y = _normalize_apply(xg, given_weights, moments.mean, invstd, s, b, axes)
     y.backward(dy)
     tolerance = (
         {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 0.02, "atol": 0.03}

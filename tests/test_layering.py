@@ -28,6 +28,7 @@ LAYERS = {
     "regularizers": 1,
     "constraints": 1,
     "_reference": 2,
+    "_plan": 2,
     "_statistics": 2,
     "_kernels": 2,
     "functional": 3,

@@ -12,14 +12,14 @@ blocks are :mod:`batchnorm._reductions`; the readable statement of the same mome
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import prod
 
 import torch
 
-from batchnorm import _thresholds
 from batchnorm._aten import aten_input, aten_slices
 from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, weighted
+from batchnorm._plan import Plan, plan_for, varying_dims
 from batchnorm._reductions import (
     blocked_channel_sum,
     channel_sum,
@@ -31,7 +31,7 @@ from batchnorm._reductions import (
 )
 from batchnorm._types import Moments
 
-__all__ = ["stats_pass"]
+__all__ = ["STATS_ROUTES", "stats_pass"]
 
 
 # ``mse_loss`` without reduction is ``(a - b) ** 2`` elementwise (``b`` broadcast), rounded as a
@@ -46,7 +46,10 @@ def _centered_square(block: torch.Tensor, mean: torch.Tensor, *, out: torch.Tens
 
 
 def stats_pass(
-    x: torch.Tensor, axes: Sequence[int], weights: torch.Tensor | None = None
+    x: torch.Tensor,
+    axes: Sequence[int],
+    weights: torch.Tensor | None = None,
+    plan: Plan | None = None,
 ) -> Moments:
     """The stats pass: per-channel count, mean and biased variance, two-pass, without a graph.
 
@@ -54,45 +57,79 @@ def stats_pass(
     block at a time, so no full-size temporary is made; small float inputs (at most
     ``SMALL_INPUT_ELEMENTS``) take one ``torch.var_mean`` instead. 16-bit inputs take ATen's
     statistics kernel or blocks upcast one at a time. ``weights`` (broadcastable to ``x``)
-    give weighted moments. Matches :func:`batchnorm._moments.compute_moments` (the readable
-    statement) to rounding.
+    give weighted moments. The route is ``plan.stats`` (:func:`batchnorm._plan.plan_for`
+    when no plan is given; :data:`STATS_ROUTES`). Matches
+    :func:`batchnorm._moments.compute_moments` (the readable statement) to rounding.
 
     Example:
         >>> moments = stats_pass(torch.tensor([[1.0, 10.0], [3.0, 30.0]]), [1])
         >>> moments.mean.tolist(), moments.var.round(decimals=4).tolist()
         ([[2.0, 20.0]], [[1.0, 100.0]])
     """
+    plan = plan or plan_for(x, axes, weights)
     with torch.no_grad():
         acc = accumulation_dtype(x.dtype)
+        weights = None if weights is None else weights.to(acc)
         reduce_dims = [d for d in range(x.dim()) if d not in axes]
-        if x.dtype != acc:
-            if weights is None:
-                moments = _native_moments(x, axes, reduce_dims, acc)
-                moments = moments or _slice_moments(x, axes, reduce_dims, acc)
-            else:
-                weights = weights.to(acc)
-                moments = _native_row_moments(x, weights, axes, reduce_dims, acc)
-                moments = moments or _slice_moments(x, axes, reduce_dims, acc, weights)
-            return moments or _upcast_moments(x, weights, axes, reduce_dims, acc)
-        xs = x.to(acc)
-        count = weight_total(weights, x.shape, reduce_dims).to(acc)
-        if weights is None and 0 < xs.numel() <= _thresholds.SMALL_INPUT_ELEMENTS:
-            var, mean = torch.var_mean(xs, dim=reduce_dims, correction=0, keepdim=True)
-        elif weights is None:
-            mean = channel_sum(xs, axes) / count
-            var = blocked_channel_sum(_centered_square, axes, xs, mean) / count
-        else:
-            weights = weights.to(acc)
-            mean = no_nan_divide(_weighted_channel_sum(axes, xs, weights), count)
-            var = no_nan_divide(_weighted_channel_sum(axes, xs, weights, mean), count)
-            count = count.expand_as(mean)
+        return STATS_ROUTES[plan.stats](x, tuple(axes), weights, reduce_dims, acc)
+
+
+def _var_mean(
+    x: torch.Tensor,
+    axes: tuple[int, ...],
+    weights: None,
+    reduce_dims: list[int],
+    acc: torch.dtype,
+) -> Moments:
+    """One ``torch.var_mean`` (Welford, float64 accumulation): small float inputs."""
+    count = weight_total(None, x.shape, reduce_dims).to(acc)
+    var, mean = torch.var_mean(x, dim=reduce_dims, correction=0, keepdim=True)
     return Moments(count=count, mean=mean, var=var)
 
 
-def _native_moments(
-    x: torch.Tensor, axes: Sequence[int], reduce_dims: Sequence[int], acc: torch.dtype
-) -> Moments | None:
-    """Moments of a 16-bit ``x`` from ATen's statistics kernel, or None without a block view.
+def _two_pass(
+    x: torch.Tensor,
+    axes: tuple[int, ...],
+    weights: None,
+    reduce_dims: list[int],
+    acc: torch.dtype,
+) -> Moments:
+    """The channel sum, then the blocked sum of centred squares: float inputs."""
+    count = weight_total(None, x.shape, reduce_dims).to(acc)
+    mean = channel_sum(x, axes) / count
+    var = blocked_channel_sum(_centered_square, axes, x, mean) / count
+    return Moments(count=count, mean=mean, var=var)
+
+
+def _weighted_moments(
+    weighted_sum: Callable[..., torch.Tensor],
+) -> Callable[..., Moments]:
+    """The weighted moments of a float input from a weighted channel sum route."""
+
+    def route(
+        x: torch.Tensor,
+        axes: tuple[int, ...],
+        weights: torch.Tensor,
+        reduce_dims: list[int],
+        acc: torch.dtype,
+    ) -> Moments:
+        count = weight_total(weights, x.shape, reduce_dims).to(acc)
+        mean = no_nan_divide(weighted_sum(axes, x, weights), count)
+        var = no_nan_divide(weighted_sum(axes, x, weights, mean), count)
+        return Moments(count=count.expand_as(mean), mean=mean, var=var)
+
+    route.__doc__ = f"Weighted moments of a float input by :func:`{weighted_sum.__name__}`."
+    return route
+
+
+def _aten(
+    x: torch.Tensor,
+    axes: tuple[int, ...],
+    weights: None,
+    reduce_dims: list[int],
+    acc: torch.dtype,
+) -> Moments:
+    """Moments of a 16-bit ``x`` that has a block view, from ATen's statistics kernel.
 
     ``aten.batch_norm_update_stats`` reads the 16-bit input twice (mean, then centred squares)
     and accumulates in float32 when handed float32 running statistics (throw-away buffers,
@@ -100,49 +137,41 @@ def _native_moments(
     ``5e-4`` of the standard deviation for the mean and ``2e-4`` relative for the variance on
     (32, 64, 56, 56) inputs offset by 100, is below the resolution of the 16-bit input itself.
     """
-    presented = aten_input(x, axes)
-    if presented is None:
-        return None
-    block = presented[0]
+    block, _ = aten_input(x, axes)  # the plan checked that it has one
     keep = keep_shape(x, axes)
-    channels = prod(keep)
-    unused = torch.zeros(channels, dtype=acc, device=x.device)
+    unused = torch.zeros(prod(keep), dtype=acc, device=x.device)
     mean, var = torch.ops.aten.batch_norm_update_stats(block, unused, unused.clone(), 0.0)
     count = weight_total(None, x.shape, reduce_dims).to(acc)
     return Moments(count=count, mean=mean.view(keep), var=var.view(keep))
 
 
-def _slice_moments(
+def _aten_slices(
     x: torch.Tensor,
-    axes: Sequence[int],
-    reduce_dims: Sequence[int],
+    axes: tuple[int, ...],
+    weights: torch.Tensor | None,
+    reduce_dims: list[int],
     acc: torch.dtype,
-    weights: torch.Tensor | None = None,
-) -> Moments | None:
+) -> Moments:
     r"""(Weighted) moments of a 16-bit ``x`` from ATen's statistics of its slices.
 
     For inputs without a block view whose slices have one (:func:`batchnorm._aten.aten_slices`:
-    ghost batches of channels_last inputs), and for weights constant within each slice
-    (per-example weights of channels_last inputs, cut into examples). Each slice ``s`` gets its
-    mean ``m_s`` and biased variance ``v_s`` from ATen's kernel as in :func:`_native_moments`,
-    with no upcast copies, and the equally large slices of a group combine exactly with their
-    weights ``w_s`` (1 without weights):
+    ghost batches of channels_last inputs; unweighted, slices of a regrouped copy when the
+    examples are small), and for weights constant within each slice (per-example weights of
+    channels_last inputs, cut into examples). Each slice ``s`` gets its mean ``m_s`` and biased
+    variance ``v_s`` from ATen's kernel as in :func:`_aten`, with no upcast copies, and the
+    equally large slices of a group combine exactly with their weights ``w_s`` (1 without
+    weights):
 
     .. math::
 
         \mu = \frac{\sum_s w_s m_s}{\sum_s w_s}, \quad
         \sigma^2 = \frac{\sum_s w_s \left(v_s + (m_s - \mu)^2\right)}{\sum_s w_s}
 
-    Zero-weight slices contribute exactly 0 (:func:`batchnorm._moments.weighted`). None
-    without such slices, or when the weights vary within a slice.
+    Zero-weight slices contribute exactly 0 (:func:`batchnorm._moments.weighted`).
     """
     sliced = aten_slices(x, axes, regroup=weights is None)
-    if sliced is None:
-        return None
-    slice_weights = None
+    slice_weights = total = None
     if weights is not None:
-        if not sliced.constant_within(weights):
-            return None
         keep = keep_shape(x, axes)
         per_kept = weights.expand([max(w, k) for w, k in zip(weights.shape, keep, strict=True)])
         slice_weights = sliced.per_slice(per_kept)
@@ -166,37 +195,33 @@ def _slice_moments(
     return Moments(count=count if weights is None else count.expand_as(mean), mean=mean, var=var)
 
 
-def _native_row_moments(
+def _aten_rows(
     x: torch.Tensor,
+    axes: tuple[int, ...],
     weights: torch.Tensor,
-    axes: Sequence[int],
-    reduce_dims: Sequence[int],
+    reduce_dims: list[int],
     acc: torch.dtype,
-) -> Moments | None:
+) -> Moments:
     r"""Weighted moments of a 16-bit ``x`` from ATen's statistics of its weighted rows.
 
     Per-example weights (``batch_weights``) are constant along the rows of an NCHW input:
     ATen's statistics kernel gives each row ``r`` (each example and channel) its mean ``m_r``
-    and biased variance ``v_r`` from the 16-bit input in float32 (:func:`_native_moments`),
-    and the rows combine exactly:
+    and biased variance ``v_r`` from the 16-bit input in float32 (:func:`_aten`), and the rows
+    combine exactly:
 
     .. math::
 
         \mu = \frac{\sum_r w_r m_r}{\sum_r w_r}, \quad
         \sigma^2 = \frac{\sum_r w_r \left(v_r + (m_r - \mu)^2\right)}{\sum_r w_r}
 
-    Zero-weight rows contribute exactly 0 (:func:`batchnorm._moments.weighted`). None unless
-    the weights are constant along some reduced dimensions, vary along the others, and the
-    kept and varying dimensions together have a block view.
+    Zero-weight rows contribute exactly 0 (:func:`batchnorm._moments.weighted`). The plan
+    takes it when the weights are constant along some reduced dimensions, vary along the
+    others, and the kept and varying dimensions together have a block view.
     """
-    varying = _varying_dims(weights, x, reduce_dims)
-    if not varying:
-        return None
-    row_axes = sorted([*axes, *varying])
+    varying = varying_dims(weights, x, reduce_dims) or []
+    row_axes = tuple(sorted([*axes, *varying]))
     within_rows = [d for d in reduce_dims if d not in varying]
-    rows = _native_moments(x, row_axes, within_rows, acc)
-    if rows is None:
-        return None
+    rows = _aten(x, row_axes, None, within_rows, acc)
     row_weights = weights.expand_as(rows.mean)
     total = channel_sum(row_weights, axes)
     mean = no_nan_divide(channel_sum(weighted(rows.mean, row_weights), axes), total)
@@ -206,11 +231,11 @@ def _native_row_moments(
     return Moments(count=count.expand_as(mean), mean=mean, var=var)
 
 
-def _upcast_moments(
+def _upcast_blocks(
     x: torch.Tensor,
+    axes: tuple[int, ...],
     weights: torch.Tensor | None,
-    axes: Sequence[int],
-    reduce_dims: Sequence[int],
+    reduce_dims: list[int],
     acc: torch.dtype,
 ) -> Moments:
     r"""(Weighted) moments of a 16-bit ``x`` in ``acc``, in one pass upcasting a block at a time.
@@ -235,8 +260,8 @@ def _upcast_moments(
             squares.append(channel_sum_of_squares(block.sub_(mean), axes))
         else:
             count = weight_total(sliced[0], block.shape, reduce_dims).to(acc)
-            mean = no_nan_divide(_weighted_channel_sum(axes, block, sliced[0]), count)
-            squares.append(_weighted_channel_sum(axes, block, sliced[0], mean))
+            mean = no_nan_divide(_weighted_blocks(axes, block, sliced[0]), count)
+            squares.append(_weighted_blocks(axes, block, sliced[0], mean))
         counts.append(count.expand_as(mean))
         means.append(mean)
     dim = memory_order(x)[0]
@@ -255,25 +280,22 @@ def _upcast_moments(
     return Moments(count=count, mean=mean, var=var)
 
 
+def _weighted_product(
+    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    """``values * weights``, exactly 0 where a weight is 0 (masked-out NaN or inf included)."""
+    return torch.mul(values, weights, out=out).masked_fill_(weights == 0, 0.0)
+
+
 def _weighted_deviation_square(
     values: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
 ) -> torch.Tensor:
-    return _centered_square(values, mean, out=out).mul_(weights)
+    """``weights * (values - mean) ** 2``, exactly 0 where a weight is 0."""
+    product = _centered_square(values, mean, out=out).mul_(weights)
+    return product.masked_fill_(weights == 0, 0.0)
 
 
-def _safe_weighted_deviation_square(
-    values: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
-) -> torch.Tensor:
-    return weighted(_centered_square(values, mean, out=out), weights)
-
-
-def _safe_weighted(
-    values: torch.Tensor, weights: torch.Tensor, *, out: torch.Tensor
-) -> torch.Tensor:
-    return torch.where(weights != 0, torch.mul(values, weights, out=out), 0.0)
-
-
-def _weighted_channel_sum(
+def _weighted_blocks(
     axes: Sequence[int],
     values: torch.Tensor,
     weights: torch.Tensor,
@@ -281,41 +303,30 @@ def _weighted_channel_sum(
 ) -> torch.Tensor:
     """Per-channel sum of ``weights * values``, or of ``weights * (values - mean) ** 2``.
 
-    The deviations are formed a block at a time in cache, never as a full-size tensor. Plain
-    products first; only if the sum is not finite (a NaN or inf somewhere) is it redone with
-    :func:`batchnorm._moments.weighted`, which makes zero-weight positions contribute exactly
-    0, so masked-out garbage never reaches the statistics either way.
+    The products are formed a block at a time in cache, never as a full-size tensor, and are
+    exactly 0 where a weight is 0 (:func:`batchnorm._moments.weighted`), so masked-out garbage
+    never reaches the statistics, with no host-side check of the sum.
     """
-    rows = _weighted_rows(axes, values, weights, mean)
-    if rows is not None:
-        return rows
-    operands = (values, weights) if mean is None else (values, weights, mean)
-    plain = torch.mul if mean is None else _weighted_deviation_square
-    total = blocked_channel_sum(plain, axes, *operands)
-    if bool(torch.isfinite(total).all()):
-        return total
-    safe = _safe_weighted if mean is None else _safe_weighted_deviation_square
-    return blocked_channel_sum(safe, axes, *operands)
+    if mean is None:
+        return blocked_channel_sum(_weighted_product, axes, values, weights)
+    return blocked_channel_sum(_weighted_deviation_square, axes, values, weights, mean)
 
 
 def _weighted_rows(
     axes: Sequence[int],
     values: torch.Tensor,
     weights: torch.Tensor,
-    mean: torch.Tensor | None,
-) -> torch.Tensor | None:
+    mean: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The weighted channel sum with the dimensions where the weights are constant summed first.
 
     Per-example weights (``batch_weights``, or a mask constant over some dimensions) share one
     weight across whole rows of the input: sum those rows (or their squared deviations) with
-    the unweighted kernels, then weight the much smaller table. None when the weights vary
-    along every reduced dimension.
+    the unweighted kernels, then weight the much smaller table. The plan takes it when the
+    weights are constant along some reduced dimension.
     """
     reduce_dims = [d for d in range(values.dim()) if d not in axes]
-    varying = _varying_dims(weights, values, reduce_dims)
-    if varying is None:
-        return None
-    kept = sorted([*axes, *varying])
+    kept = sorted([*axes, *(varying_dims(weights, values, reduce_dims) or [])])
     if mean is None:
         rows = channel_sum(values, kept)
     else:
@@ -323,15 +334,16 @@ def _weighted_rows(
     return channel_sum(weighted(rows, weights), axes)
 
 
-def _varying_dims(
-    weights: torch.Tensor, x: torch.Tensor, reduce_dims: Sequence[int]
-) -> list[int] | None:
-    """The reduced dimensions the weights vary along, or None if they vary along every one.
-
-    The weights are constant along the others, so rows of ``x`` over those can be summed
-    before weighting. None too when ``weights`` has a lower rank than ``x``.
-    """
-    if weights.dim() != x.dim():
-        return None
-    varying = [d for d in reduce_dims if weights.shape[d] != 1]
-    return None if len(varying) == len(reduce_dims) else varying
+# The statistics routes a plan names (``Plan.stats``), each (x, axes, weights in the
+# accumulation dtype or None, reduced dimensions, accumulation dtype) -> Moments.
+STATS_ROUTES: dict[str, Callable[..., Moments]] = {
+    "var_mean": _var_mean,
+    "two_pass": _two_pass,
+    "weighted_rows": _weighted_moments(_weighted_rows),
+    "weighted_blocks": _weighted_moments(_weighted_blocks),
+    "aten": _aten,
+    "aten_slices": _aten_slices,
+    "aten_rows": _aten_rows,
+    "aten_weighted_slices": _aten_slices,
+    "upcast_blocks": _upcast_blocks,
+}

@@ -22,12 +22,10 @@ import torch
 from batchnorm._affine import (
     compose,
     gamma_beta_affine,
-    inference_affine,
     invstd,
     renorm_correction,
     updated_statistics,
 )
-from batchnorm._aten import native_inference
 from batchnorm._axes import AxisArgument, ChannelLayout, broadcasts_to
 from batchnorm._errors import (
     check,
@@ -38,13 +36,9 @@ from batchnorm._errors import (
     check_virtual_batch,
     fail,
 )
-from batchnorm._kernels import (
-    NormalizeApply,
-    aten_applies_faster,
-    folded_apply,
-    scale_and_shift,
-)
+from batchnorm._kernels import NormalizeApply, infer
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
+from batchnorm._plan import plan_for
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._statistics import stats_pass
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
@@ -265,32 +259,35 @@ def _example_weights(
     return weights
 
 
+def _adjustment_affine(
+    x: torch.Tensor, view: _View, adjustment: Adjustment | None, dtype: torch.dtype
+) -> Affine | None:
+    """The ``adjustment``'s ``(scale, bias)`` for ``x``, placed against the view; None without."""
+    if adjustment is None:
+        return None
+    adj_scale, adj_bias = adjustment(x.shape)
+    return Affine(
+        view.place(torch.as_tensor(adj_scale).to(device=x.device, dtype=dtype), "adjustment scale"),
+        view.place(torch.as_tensor(adj_bias).to(device=x.device, dtype=dtype), "adjustment bias"),
+    )
+
+
 def _output_affine(
-    x: torch.Tensor,
-    view: _View,
     pooled: Moments,
     gamma: torch.Tensor | None,
     beta: torch.Tensor | None,
     epsilon: float,
     renorm_state: tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]] | None,
-    adjustment: Adjustment | None,
+    adjusted: Affine | None,
 ) -> Affine:
     """Compose ``x_hat -> ((x_hat * r + d) * adj_scale + adj_bias) * gamma + beta``.
 
     ``pooled`` are the (detached) batch moments, per channel: renorm's input, and the shape,
-    dtype and device of the per-channel maps.
+    dtype and device of the per-channel maps; ``adjusted`` the adjustment's map.
     """
-    like = pooled.mean
-    output = gamma_beta_affine(gamma, beta, like=like)
-    if adjustment is not None:
-        adj_scale, adj_bias = adjustment(x.shape)
-        output = compose(
-            Affine(
-                view.place(torch.as_tensor(adj_scale).to(like), "adjustment scale"),
-                view.place(torch.as_tensor(adj_bias).to(like), "adjustment bias"),
-            ),
-            output,
-        )
+    output = gamma_beta_affine(gamma, beta, like=pooled.mean)
+    if adjusted is not None:
+        output = compose(adjusted, output)
     if renorm_state is not None:
         renorm_mean, renorm_stddev, clipping = renorm_state
         output = compose(
@@ -316,12 +313,8 @@ def _inference_output(
     ``torch.nn.functional.batch_norm``: one ATen batch-norm op, which exporters keep as one
     node (ONNX ``BatchNormalization``) and inductor fuses.
 
-    The fast path is one pass: ATen's inference kernel (and its backward) where it is the
-    faster one (:func:`batchnorm._kernels.aten_applies_faster`: 16-bit inputs, NCHW rows);
-    elsewhere the moving statistics folded into ``x * scale + shift``
-    (:func:`batchnorm._affine.inference_affine`) and applied in one pass
-    (:func:`batchnorm._kernels.folded_apply`, or the same ops in autograd when an input needs
-    a gradient). The reference path normalises with the moving statistics explicitly.
+    The fast path is one pass, the plan's inference route (:func:`batchnorm._kernels.infer`).
+    The reference path normalises with the moving statistics explicitly.
     """
     if traced and layout.axes == (1,):
         return torch.nn.functional.batch_norm(
@@ -333,14 +326,17 @@ def _inference_output(
             training=False,
             eps=epsilon,
         )
-    if fast and aten_applies_faster(x, layout.axes):
-        native = native_inference(
-            x, layout.axes, moving_mean, moving_variance, gamma, beta, epsilon
-        )
-        if native is not None:
-            return native
-    acc = accumulation_dtype(x.dtype)
     shape = layout.broadcast_shape
+    if fast:
+        records = torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad
+            for t in (x, moving_mean, moving_variance, gamma, beta)
+        )
+        plan = plan_for(x, layout.axes, records=records)
+        return infer(
+            x, layout.axes, shape, moving_mean, moving_variance, gamma, beta, epsilon, plan
+        )
+    acc = accumulation_dtype(x.dtype)
     mean = _per_channel(moving_mean, shape, acc)
     var = _per_channel(moving_variance, shape, acc)
     output = gamma_beta_affine(
@@ -348,15 +344,6 @@ def _inference_output(
         _per_channel(beta, shape, acc),
         like=mean,
     )
-    if fast:
-        folded = inference_affine(mean, var, epsilon, output)
-        records = torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad
-            for t in (x, moving_mean, moving_variance, gamma, beta)
-        )
-        if not records:
-            return folded_apply(x, layout.axes, *folded)
-        return scale_and_shift(x.to(acc), *folded).to(x.dtype)
     frozen = Moments(count=torch.ones((), dtype=acc), mean=mean, var=var)
     return reference_normalize_apply(x, frozen, invstd(var, epsilon), output)
 
@@ -565,8 +552,12 @@ def batch_norm(
         y = reference_normalize_apply(xv, empty, invstd(zeros, epsilon), output)
         return BatchNormResult(y.reshape(x.shape), {})
 
+    adjusted = _adjustment_affine(x, view, adjustment, acc)
     if fast:  # the stats pass builds no graph
-        moments = stats_pass(xv, view.axes, wv)
+        keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
+        per_channel = adjusted is None or broadcasts_to(keep, *(t.shape for t in adjusted))
+        plan = plan_for(xv, view.axes, wv, per_channel=per_channel)
+        moments = stats_pass(xv, view.axes, wv, plan)
     else:  # x upcast once, so autograd sums the moments' and the apply's gradients in acc
         xv = xv.to(acc)
         reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
@@ -580,11 +571,11 @@ def batch_norm(
             _per_channel(renorm_stddev, shape, acc),
             clipping,
         )
-    output = _output_affine(x, view, detached, gamma_v, beta_v, epsilon, renorm_state, adjustment)
+    output = _output_affine(detached, gamma_v, beta_v, epsilon, renorm_state, adjusted)
     inv = invstd(moments.var, epsilon)
     if fast:
         y = NormalizeApply.apply(
-            xv, wv, moments.mean, inv, output.scale, output.shift, view.axes, epsilon
+            xv, wv, moments.mean, inv, output.scale, output.shift, view.axes, epsilon, plan
         )
     else:
         y = reference_normalize_apply(xv, moments, inv, output).to(x.dtype)
