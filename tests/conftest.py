@@ -31,6 +31,11 @@ STATS_ROUTES: dict[str, int] = {"two-pass sums": 0, "var_mean": 1 << 62}
 # torch ops (which test inputs, being small, take by default).
 APPLY_ROUTES: dict[str, int] = {"ATen kernel": 0, "torch ops": 1 << 62}
 
+# A plain training call's two routes, by the value of
+# ``batchnorm._thresholds.ATEN_TRAINING_ELEMENTS`` that forces each: ATen's whole training kernel
+# (where the layout allows: NCHW rows on the CPU), and the passes (statistics, then apply).
+TRAINING_ROUTES: dict[str, int] = {"ATen training kernel": 1 << 62, "passes": 0}
+
 
 def tolerance(dtype: torch.dtype) -> dict[str, float]:
     rtol, atol = TOLERANCES[dtype]

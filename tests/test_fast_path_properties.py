@@ -45,7 +45,7 @@ from typing import Any
 import pytest
 import torch
 from configs import CLIP, Config, state_tensors
-from conftest import APPLY_ROUTES, STATS_ROUTES, tolerance
+from conftest import APPLY_ROUTES, STATS_ROUTES, TRAINING_ROUTES, tolerance
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -61,13 +61,15 @@ from batchnorm.functional import batch_norm
 # others not (16-bit ghost batches of channels_last then slice a regrouped copy), blocks of
 # several slices. FOLD_LIMIT -1 never folds the mean into the shift (the centred apply); the
 # default folds it where that costs at most a few units of roundoff. (A larger limit is no
-# route of its own but a precision loss the library avoids on purpose.)
+# route of its own but a precision loss the library avoids on purpose.) ATEN_TRAINING_ELEMENTS
+# 0 runs the passes for plain calls, the default ATen's whole training kernel where it may.
 ROUTES: dict[tuple[Any, str], list[Any]] = {
     (_thresholds, "SMALL_INPUT_ELEMENTS"): sorted(STATS_ROUTES.values()),
     (_thresholds, "ATEN_APPLY_ELEMENTS"): sorted(APPLY_ROUTES.values()),
     (_thresholds, "SLICE_ELEMENTS"): [1, _thresholds.SLICE_ELEMENTS, 1 << 62],
     (_thresholds, "BLOCK_ELEMENTS"): [1, _thresholds.BLOCK_ELEMENTS],
     (_thresholds, "FOLD_LIMIT"): [-1.0, _thresholds.FOLD_LIMIT],
+    (_thresholds, "ATEN_TRAINING_ELEMENTS"): sorted(TRAINING_ROUTES.values()),
 }
 SIZED_ROUTES = ((_thresholds, "SLICE_ELEMENTS"), (_thresholds, "BLOCK_ELEMENTS"))
 

@@ -18,7 +18,7 @@ from configs import (
     option_kwargs,
     state_tensors,
 )
-from conftest import APPLY_ROUTES, STATS_ROUTES, tolerance
+from conftest import APPLY_ROUTES, STATS_ROUTES, TRAINING_ROUTES, tolerance
 
 import batchnorm as bn
 from batchnorm import _thresholds
@@ -53,20 +53,22 @@ def _run(config, x, state, dy, call, *, training, fused):
 
 
 @pytest.mark.parametrize(
-    ("training", "stats_route", "apply_route"),
+    ("training", "stats_route", "apply_route", "training_route"),
     [
-        (True, "two-pass sums", "ATen kernel"),
-        (True, "var_mean", "torch ops"),
-        (False, "two-pass sums", "ATen kernel"),  # inference: no training apply
+        (True, "two-pass sums", "ATen kernel", "passes"),
+        (True, "var_mean", "torch ops", "passes"),
+        (True, "var_mean", "torch ops", "ATen training kernel"),  # plain NCHW calls only
+        (False, "two-pass sums", "ATen kernel", "passes"),  # inference: no training apply
     ],
-    ids=["train-sums-aten", "train-var_mean-torch", "infer"],
+    ids=["train-sums-aten", "train-var_mean-torch", "train-aten-kernel", "infer"],
 )
 @pytest.mark.parametrize("config", CONFIGS, ids=config_id)
 def test_fast_path_matches_reference_path(
-    config, training, stats_route, apply_route, generator, device, monkeypatch
+    config, training, stats_route, apply_route, training_route, generator, device, monkeypatch
 ):
     monkeypatch.setattr(_thresholds, "SMALL_INPUT_ELEMENTS", STATS_ROUTES[stats_route])
     monkeypatch.setattr(_thresholds, "ATEN_APPLY_ELEMENTS", APPLY_ROUTES[apply_route])
+    monkeypatch.setattr(_thresholds, "ATEN_TRAINING_ELEMENTS", TRAINING_ROUTES[training_route])
     x = config.make_input(generator)
     state = state_tensors(config, x, generator)
     call = call_tensors(config, x, generator)

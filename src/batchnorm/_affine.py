@@ -10,6 +10,7 @@ Nothing here mutates its arguments or knows about modules.
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ __all__ = [
     "compose",
     "ema_update",
     "float32_round",
+    "host_factor",
     "gamma_beta_affine",
     "inference_affine",
     "invstd",
@@ -108,10 +110,32 @@ def ema_update(moving: torch.Tensor, value: torch.Tensor, momentum: float) -> to
 
     """
     if torch.compiler.is_compiling():  # the same float32 factor, as a graph constant
-        factor = torch.tensor(1.0 - momentum, dtype=torch.float32)
+        factor: torch.Tensor | float = torch.tensor(1.0 - momentum, dtype=torch.float32)
     else:
-        factor = float32_round(1.0 - momentum)
-    return moving - (moving - value) * factor
+        factor = host_factor(float32_round(1.0 - momentum), moving)
+    return moving - (moving - value).mul_(factor)
+
+
+def host_factor(value: float, like: torch.Tensor) -> torch.Tensor | float:
+    """A Python float to multiply ``like`` by, as a cached 0-d tensor where that is the same.
+
+    Multiplying by a 0-d tensor of ``like``'s float32 or float64 dtype rounds exactly as
+    multiplying by the Python float (whose value the dtype holds) and skips wrapping the float
+    in a new tensor, half the cost of a small multiply. Other dtypes get the float itself
+    (16-bit arithmetic with a Python scalar computes in float32). Never write to the result.
+
+    Example:
+        >>> host_factor(0.5, torch.ones(2)).dtype, host_factor(0.5, torch.ones(2).half())
+        (torch.float32, 0.5)
+    """
+    if like.dtype not in _HOST_ROUNDING or _HOST_ROUNDING[like.dtype](value) != value:
+        return value
+    return _constant(value, like.dtype, like.device)
+
+
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return torch.tensor(value, dtype=dtype, device=device)
 
 
 def float32_round(value: float) -> float:
@@ -128,21 +152,22 @@ def bessel_factor(count: torch.Tensor | float, like: torch.Tensor) -> torch.Tens
     """``n / max(n - 1, 1)`` in ``like``'s dtype: a biased variance to TensorFlow's fused estimate.
 
     The guard makes a single element (n = 1) keep its (zero) variance instead of dividing by 0.
-    A count already read to the host (:func:`_host_count`) gives a Python float, without tensor
-    ops, equal to the tensor result for float32 and float64: Python's float64 subtraction and
-    division rounded once more to float32 are float32's own (double rounding is innocuous for
-    them when the wider format has at least ``2p + 2`` bits, 53 against 50).
+    A count already read to the host (:func:`_host_count`) gives a Python float (as a cached
+    0-d tensor, :func:`host_factor`) without tensor ops, equal to the tensor result for
+    float32 and float64: Python's float64 subtraction and division rounded once more to
+    float32 are float32's own (double rounding is innocuous for them when the wider format has
+    at least ``2p + 2`` bits, 53 against 50).
 
     Example:
         >>> bessel_factor(torch.tensor([1.0, 2.0, 5.0]), torch.ones(3)).tolist()
         [1.0, 2.0, 1.25]
-        >>> bessel_factor(3.0, torch.ones(3))
+        >>> float(bessel_factor(3.0, torch.ones(3)))
         1.5
     """
     if isinstance(count, float) and like.dtype in _HOST_ROUNDING:
         rounded = _HOST_ROUNDING[like.dtype]
         n = rounded(count)
-        return rounded(n / max(rounded(n - 1.0), 1.0))
+        return host_factor(rounded(n / max(rounded(n - 1.0), 1.0)), like)
     count = torch.as_tensor(count).to(like)
     return count / torch.clamp(count - 1, min=1)
 

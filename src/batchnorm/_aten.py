@@ -71,6 +71,8 @@ def aten_vector(t: torch.Tensor) -> torch.Tensor:
         >>> aten_vector(shared).stride()
         (1,)
     """
+    if t.dim() == 1 and t.is_contiguous():
+        return t
     return t.reshape(-1).contiguous()
 
 

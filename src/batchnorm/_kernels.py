@@ -46,9 +46,15 @@ from typing import NamedTuple
 import torch
 
 from batchnorm import _thresholds
-from batchnorm._affine import gamma_beta_affine, inference_affine, invstd
+from batchnorm._affine import gamma_beta_affine, host_factor, inference_affine, invstd
 from batchnorm._aten import aten_input, aten_slices, aten_vector, native_inference
-from batchnorm._moments import accumulation_dtype, compute_moments, no_nan_divide, weight_total
+from batchnorm._moments import (
+    accumulation_dtype,
+    compute_moments,
+    count_tensor,
+    no_nan_divide,
+    weight_total,
+)
 from batchnorm._plan import Plan
 from batchnorm._reductions import (
     blocked_channel_sum,
@@ -60,6 +66,7 @@ from batchnorm._reductions import (
     upcast_blocks,
     viewed_like,
 )
+from batchnorm._types import Moments
 
 __all__ = [
     "APPLY_ROUTES",
@@ -68,6 +75,7 @@ __all__ = [
     "INPUT_GRAD_ROUTES",
     "REDUCE_ROUTES",
     "NormalizeApply",
+    "aten_training",
     "infer",
     "scale_and_shift",
 ]
@@ -787,3 +795,48 @@ def _triple_product(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, out: torch.Tensor
 ) -> torch.Tensor:
     return torch.mul(a, b, out=out).mul_(c)
+
+
+def aten_training(
+    x: torch.Tensor,
+    axes: tuple[int, ...],
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    epsilon: float,
+    fold: str,
+) -> tuple[torch.Tensor, Moments] | None:
+    r"""A plain training call by ATen's own training kernel: output and batch moments.
+
+    ``torch.native_batch_norm`` on the block view of ``x`` (:func:`batchnorm._aten.aten_input`)
+    computes the moments (two-pass) and ``y = (x - mean) * invstd * gamma + beta`` in one call,
+    and autograd differentiates it with ATen's backward, itself twice differentiable. Handed
+    zeroed running statistics and momentum 1, the kernel writes the batch mean and the
+    unbiased variance ``M_2 / (n - 1)`` into them; the biased variance is that times
+    ``(n - 1) / n``. For small inputs with plain options (the plan's ``training="aten"``),
+    where one call costs less than the passes and the function around them. ``gamma`` and
+    ``beta`` are flat vectors (or None); the moments are flat too, one entry per channel in
+    the order of the kept axes.
+
+    ATen's CPU kernel folds the mean into the shift: where ``fold`` (``Plan.fold``) says that
+    loses precision for this batch (a mean beyond ``FOLD_LIMIT`` standard deviations, as of
+    constant channels), the result is None and the caller runs the passes instead.
+
+    Example:
+        >>> y, moments = aten_training(
+        ...     torch.tensor([[1.0], [3.0]]), (1,), None, None, 0.0, "if_within_limit"
+        ... )
+        >>> y.flatten().tolist(), moments.mean.tolist(), moments.var.tolist()
+        ([-1.0, 1.0], [2.0], [1.0])
+    """
+    block, restore = aten_input(x, axes)  # the plan checked that it has one
+    acc = accumulation_dtype(x.dtype)
+    mean, unbiased = torch.zeros(2, block.shape[1], dtype=acc, device=x.device)
+    flat = [None if t is None else aten_vector(t) for t in (gamma, beta)]
+    y, _, saved_invstd = torch.native_batch_norm(block, *flat, mean, unbiased, True, 1.0, epsilon)
+    if not FOLDS[fold](mean, saved_invstd):
+        return None
+    count = x.numel() // block.shape[1]
+    # Not in place: ATen saves both vectors for its backward.
+    var = unbiased * host_factor((count - 1) / count, unbiased)
+    moments = Moments(count_tensor(count, acc), mean, var)
+    return (y if restore is None else viewed_like(y, restore)), moments

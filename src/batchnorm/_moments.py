@@ -25,6 +25,7 @@ Numerics:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from math import prod
 
@@ -37,6 +38,7 @@ __all__ = [
     "compute_moments",
     "no_nan_divide",
     "pool_groups",
+    "count_tensor",
     "weight_total",
     "weighted",
 ]
@@ -50,6 +52,25 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
         (torch.float32, torch.float64)
     """
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def count_tensor(count: int, dtype: torch.dtype) -> torch.Tensor:
+    """An element count as a 0-d CPU tensor of ``dtype``, made once per value (never write it).
+
+    For the fast path's eager calls, where a new scalar tensor per call is a measurable part
+    of a small call's cost; traced calls count with :func:`weight_total` (sizes may be
+    symbolic).
+
+    Example:
+        >>> count_tensor(6, torch.float32)
+        tensor(6.)
+    """
+    return _count_tensor(int(count), dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _count_tensor(count: int, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(float(count), dtype=dtype)
 
 
 def weight_total(

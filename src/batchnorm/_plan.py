@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from math import prod
 from typing import NamedTuple
 
 import torch
@@ -59,6 +60,10 @@ class Plan(NamedTuple):
         infer: The inference route (``_kernels.INFER_ROUTES``).
         regroup: Whether ATen slices come from a regrouped copy (16-bit ghost batches of
             channels_last inputs, whose examples are too small to slice).
+        training: ``"aten"`` where ATen's whole training kernel does the training call
+            (statistics, apply and its own backward, :func:`batchnorm._kernels.aten_training`:
+            plain options on small inputs, where a call's fixed cost is most of its time),
+            else ``"passes"``: the routes above.
     """
 
     stats: str
@@ -69,12 +74,15 @@ class Plan(NamedTuple):
     input_grad: str
     infer: str
     regroup: bool = False
+    training: str = "passes"
 
     def describe(self) -> str:
         """One line naming every route, as ``bench`` prints it."""
         regroup = "(regrouped)" if self.regroup else ""
         applies = {"always": self.apply, "never": self.centred}
         apply = applies.get(self.fold, f"{self.apply}/{self.centred}:{self.fold}")
+        if self.training == "aten":
+            return f"training=aten infer={self.infer}"
         return (
             f"stats={self.stats}{regroup} apply={apply} reduce={self.reduce} "
             f"dx={self.input_grad} infer={self.infer}"
@@ -98,6 +106,7 @@ ROUTE_NAMES: dict[str, tuple[str, ...]] = {
     "reduce": ("aten", "aten_slices", "blocked", "composite"),
     "input_grad": ("aten", "blocked", "composite"),
     "infer": ("aten", "folded", "autograd"),
+    "training": ("aten", "passes"),
 }
 
 
@@ -107,6 +116,7 @@ def plan_for(
     weights: torch.Tensor | None = None,
     *,
     per_channel: bool = True,
+    plain: bool = False,
     records: bool = False,
 ) -> Plan:
     """The plan for ``x`` with kept ``axes``, cached per signature.
@@ -114,7 +124,9 @@ def plan_for(
     ``weights`` (broadcastable to ``x``) are those of the statistics; ``per_channel`` says
     whether the apply's scale and shift are per kept index (False with an ``adjustment``
     whose results vary along reduced dimensions); ``records`` whether inference must build
-    a graph (an input needs a gradient).
+    a graph (an input needs a gradient); ``plain`` whether the training call has none of the
+    options that compose into the affine or weight the statistics (renorm, adjustment, ghost
+    batches, weights, masks), so that ATen's training kernel computes it all.
     """
     return _decide(
         tuple(x.shape),
@@ -124,6 +136,7 @@ def plan_for(
         tuple(axes),
         None if weights is None else tuple(weights.shape),
         per_channel,
+        plain,
         records,
         _threshold_values(),
     )
@@ -134,6 +147,7 @@ def _threshold_values() -> tuple[float, ...]:
         _thresholds.SMALL_INPUT_ELEMENTS,
         _thresholds.ATEN_APPLY_ELEMENTS,
         _thresholds.SLICE_ELEMENTS,
+        _thresholds.ATEN_TRAINING_ELEMENTS,
     )
 
 
@@ -146,6 +160,7 @@ def _decide(
     axes: tuple[int, ...],
     weights_shape: tuple[int, ...] | None,
     per_channel: bool,
+    plain: bool,
     records: bool,
     thresholds: tuple[float, ...],
 ) -> Plan:
@@ -159,6 +174,7 @@ def _decide(
     slices = aten_slices(x, axes, regroup=regroup)
     stats = _stats_route(x, axes, weights, sixteen_bit, has_block_view, slices)
     apply, aten_applies = _apply_route(x, axes, sixteen_bit, has_block_view)
+    sizes = block_view_sizes(x, axes)
     centred = "centred_upcast" if sixteen_bit else "centred"
     if not per_channel:
         fold = "never"
@@ -178,7 +194,20 @@ def _decide(
         input_grad = "aten" if reduce == "aten" and weights is None else "blocked"
     infer = "aten" if aten_applies else "autograd" if records else "folded"
     uses_regroup = (stats == "aten_slices" and regroup) or (reduce == "aten_slices" and sixteen_bit)
-    return Plan(stats, apply, centred, fold, reduce, input_grad, infer, bool(uses_regroup))
+    channels = prod(shape[d] for d in axes)
+    aten_training = (
+        plain
+        and device == "cpu"  # ATen's CPU kernel; elsewhere untested, the passes run
+        and has_block_view
+        and sizes is not None
+        and sizes[2] > 1  # channels not innermost: its channels-last kernel rounds worse
+        and x.numel() <= _thresholds.ATEN_TRAINING_ELEMENTS
+        and x.numel() >= 2 * channels  # two values a channel: ATen's unbiased variance is finite
+    )
+    training = "aten" if aten_training else "passes"
+    return Plan(
+        stats, apply, centred, fold, reduce, input_grad, infer, bool(uses_regroup), training
+    )
 
 
 def _stats_route(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ATEN_APPLY_ELEMENTS",
+    "ATEN_TRAINING_ELEMENTS",
     "BLOCK_ELEMENTS",
     "FOLD_LIMIT",
     "SLICE_ELEMENTS",
@@ -20,6 +21,12 @@ __all__ = [
 # here). Below it, that one op beats the dozen that the two-pass sums take (80-140 us whatever
 # the size); above it, the sums win.
 SMALL_INPUT_ELEMENTS = 1 << 14
+
+# Whole training call (:mod:`batchnorm._plan`, plain options): the largest input whose training
+# call is ATen's own training kernel (statistics, apply and backward in one call each), where
+# a call's fixed cost outweighs the passes it saves. Measured by ``benchmarks/pass_costs.py``'s
+# ``training`` section: MEASURED.
+ATEN_TRAINING_ELEMENTS = 1 << 18
 
 # Training apply (:mod:`batchnorm._kernels`): the fewest elements of a float32 or float64 input
 # for which the apply takes ATen's inference kernel where it is the faster one. Below, the

@@ -26,7 +26,7 @@ from batchnorm._affine import (
     renorm_correction,
     updated_statistics,
 )
-from batchnorm._axes import AxisArgument, ChannelLayout, broadcasts_to
+from batchnorm._axes import AxisArgument, ChannelLayout, broadcasts_to, validate_axis_argument
 from batchnorm._errors import (
     check,
     check_epsilon,
@@ -36,7 +36,7 @@ from batchnorm._errors import (
     check_virtual_batch,
     fail,
 )
-from batchnorm._kernels import NormalizeApply, infer
+from batchnorm._kernels import NormalizeApply, aten_training, infer
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
 from batchnorm._plan import plan_for
 from batchnorm._reference import reference_normalize_apply
@@ -44,9 +44,17 @@ from batchnorm._statistics import stats_pass
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
 from batchnorm._types import Affine, Moments
 
-__all__ = ["BatchNormResult", "StatisticsUpdate", "batch_norm"]
+__all__ = [
+    "BatchNormResult",
+    "Options",
+    "StatisticsUpdate",
+    "batch_norm",
+    "batch_norm_checked",
+    "check_options",
+]
 
 Adjustment = Callable[[torch.Size], tuple[Any, Any]]
+RenormState = tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]]  # mean, stddev, clipping
 
 
 class StatisticsUpdate(NamedTuple):
@@ -117,6 +125,14 @@ class _View(NamedTuple):
     channel_axes: tuple[int, ...]
     group_dim: int | None
 
+    def of(self, x: torch.Tensor) -> torch.Tensor:
+        """The input ``x`` as the passes see it (itself without ghost batches)."""
+        return x if self.group_dim is None else x.reshape(self.shape)
+
+    def restore(self, y: torch.Tensor) -> torch.Tensor:
+        """An output computed on the view, in the input's shape."""
+        return y if self.group_dim is None else y.reshape(self.input_shape)
+
     @property
     def param_shape(self) -> tuple[int, ...]:
         """Per-channel vectors broadcast against the view (1 on the group dimension)."""
@@ -183,6 +199,14 @@ def _check_per_channel(tensor: torch.Tensor | None, argument: str, layout: Chann
             tuple(tensor.shape),
             f"{layout.num_channels} elements, one per channel (shape {layout.param_shape})",
         )
+
+
+def _flat(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """A checked per-channel tensor as one flat vector in ``dtype`` (itself where it is one)."""
+    if tensor is None:
+        return None
+    flat = tensor if tensor.dim() == 1 else tensor.reshape(-1)
+    return flat if flat.dtype == dtype else flat.to(dtype)
 
 
 def _per_channel(
@@ -277,7 +301,7 @@ def _output_affine(
     gamma: torch.Tensor | None,
     beta: torch.Tensor | None,
     epsilon: float,
-    renorm_state: tuple[torch.Tensor, torch.Tensor, Mapping[str, Any]] | None,
+    renorm_state: RenormState | None,
     adjusted: Affine | None,
 ) -> Affine:
     """Compose ``x_hat -> ((x_hat * r + d) * adj_scale + adj_bias) * gamma + beta``.
@@ -469,27 +493,19 @@ def batch_norm(
         >>> stats["moving_mean"].tolist(), stats["moving_variance"].round(decimals=4).tolist()
         ([1.0, 10.0], [1.0, 50.5])
     """
-    check(isinstance(x, torch.Tensor), "x", type(x).__name__, "a torch.Tensor")
-    check(isinstance(training, bool), "training", training, "True or False")
-    momentum = check_momentum(momentum)
-    epsilon = check_epsilon(epsilon)
-    check_optional_bool(fused, "fused")
-    check_optional_bool(moving_variance_correction, "moving_variance_correction")
-    check(isinstance(renorm, bool), "renorm", renorm, "True or False")
-    clipping = check_renorm_clipping(renorm_clipping)
-    renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
-    check_virtual_batch(virtual_batch_size, virtual_batch_layout)
-    check(
-        adjustment is None or callable(adjustment),
-        "adjustment",
-        adjustment,
-        "None or a callable (input shape) -> (scale, bias)",
-    )
-    check(
-        isinstance(zero_debias_moving_mean, bool),
-        "zero_debias_moving_mean",
-        zero_debias_moving_mean,
-        "True or False",
+    options = check_options(
+        axis=axis,
+        momentum=momentum,
+        epsilon=epsilon,
+        fused=fused,
+        moving_variance_correction=moving_variance_correction,
+        renorm=renorm,
+        renorm_clipping=renorm_clipping,
+        renorm_momentum=renorm_momentum,
+        virtual_batch_size=virtual_batch_size,
+        virtual_batch_layout=virtual_batch_layout,
+        adjustment=adjustment,
+        zero_debias_moving_mean=zero_debias_moving_mean,
     )
     state = {"moving_mean": moving_mean, "moving_variance": moving_variance}
     if renorm:
@@ -500,109 +516,284 @@ def batch_norm(
         }
     if zero_debias_moving_mean:
         state |= {"moving_mean_biased": moving_mean_biased, "local_step": local_step}
-    for name, tensor in state.items():
+    return batch_norm_checked(
+        x, state, gamma, beta, options, training=training, batch_weights=batch_weights, mask=mask
+    )
+
+
+class Options(NamedTuple):
+    """The options of :func:`batch_norm`, checked once by :func:`check_options`.
+
+    A layer checks its options when they change and passes them to
+    :func:`batch_norm_checked` on every call; the meaning of each is :func:`batch_norm`'s.
+    """
+
+    axis: AxisArgument
+    momentum: float
+    epsilon: float
+    fused: bool | None
+    moving_variance_correction: bool | None
+    renorm: bool
+    renorm_clipping: Mapping[str, Any]
+    renorm_momentum: float
+    virtual_batch_size: int | None
+    virtual_batch_layout: str
+    adjustment: Adjustment | None
+    zero_debias_moving_mean: bool
+
+
+def check_options(
+    *,
+    axis: AxisArgument = -1,
+    momentum: float = 0.99,
+    epsilon: float = 1e-3,
+    fused: bool | None = None,
+    moving_variance_correction: bool | None = None,
+    renorm: bool = False,
+    renorm_clipping: Mapping[str, Any] | None = None,
+    renorm_momentum: float = 0.99,
+    virtual_batch_size: int | None = None,
+    virtual_batch_layout: str = "strided",
+    adjustment: Adjustment | None = None,
+    zero_debias_moving_mean: bool = False,
+) -> Options:
+    """:func:`batch_norm`'s options, checked, as :class:`Options` (defaults as there).
+
+    Raises:
+        BatchNormError: naming the first bad option, its value and what was expected.
+
+    Example:
+        >>> check_options(momentum=0.9).momentum
+        0.9
+    """
+    check(
+        adjustment is None or callable(adjustment),
+        "adjustment",
+        adjustment,
+        "None or a callable (input shape) -> (scale, bias)",
+    )
+    for flag, value in (("renorm", renorm), ("zero_debias_moving_mean", zero_debias_moving_mean)):
+        check(isinstance(value, bool), flag, value, "True or False")
+    check_optional_bool(fused, "fused")
+    check_optional_bool(moving_variance_correction, "moving_variance_correction")
+    check_virtual_batch(virtual_batch_size, virtual_batch_layout)
+    validate_axis_argument(axis)
+    return Options(
+        axis,
+        check_momentum(momentum),
+        check_epsilon(epsilon),
+        fused,
+        moving_variance_correction,
+        renorm,
+        check_renorm_clipping(renorm_clipping),
+        check_momentum(renorm_momentum, "renorm_momentum"),
+        virtual_batch_size,
+        virtual_batch_layout,
+        adjustment,
+        zero_debias_moving_mean,
+    )
+
+
+def batch_norm_checked(
+    x: torch.Tensor,
+    state: Mapping[str, torch.Tensor],
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    options: Options,
+    *,
+    training: bool,
+    batch_weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+) -> BatchNormResult:
+    """:func:`batch_norm` with its options checked already (:func:`check_options`).
+
+    ``state`` holds the statistics by TensorFlow name, those the options need (renorm's and
+    zero-debias' too). The tensors are checked here, per call.
+    """
+    check(isinstance(x, torch.Tensor), "x", type(x).__name__, "a torch.Tensor")
+    check(isinstance(training, bool), "training", training, "True or False")
+    for name in _needed_state(options):
+        tensor = state.get(name)
         check(
             isinstance(tensor, torch.Tensor),
             name,
             type(tensor).__name__,
             "a torch.Tensor (state the chosen options need)",
         )
+    moving_mean = state["moving_mean"]
     if not x.is_floating_point():
         check(not x.is_complex(), "x.dtype", x.dtype, "a real dtype")
         x = x.to(moving_mean.dtype)
-    layout = ChannelLayout.from_axis(axis, x.shape)
-    if virtual_batch_size is not None:
+    layout = ChannelLayout.from_axis(options.axis, x.shape)
+    if options.virtual_batch_size is not None:
         check(
             0 not in layout.axes,
             "axis",
-            axis,
+            options.axis,
             "no batch axis (0) among the channel axes when virtual_batch_size is set",
         )
-    acc = accumulation_dtype(x.dtype)
     traced = _traced()
-    fast = fused is not False and not traced
+    fast = options.fused is not False and not traced
     for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
         if name == "local_step":
             check(tensor.numel() == 1, "local_step.shape", tuple(tensor.shape), "a scalar")
         else:
             _check_per_channel(tensor, name, layout)
-
     if not training:
-        return BatchNormResult(
-            _inference_output(
-                x, layout, moving_mean, moving_variance, gamma, beta, epsilon, fast, traced
-            ),
-            {},
+        output = _inference_output(
+            x,
+            layout,
+            moving_mean,
+            state["moving_variance"],
+            gamma,
+            beta,
+            options.epsilon,
+            fast,
+            traced,
         )
-
+        return BatchNormResult(output, {})
+    acc = accumulation_dtype(x.dtype)
     weights = _example_weights(x, layout, batch_weights, mask, acc)
-    view = _make_view(layout, virtual_batch_size, virtual_batch_layout)
-    xv = x.reshape(view.shape)
+    view = _make_view(layout, options.virtual_batch_size, options.virtual_batch_layout)
+    xv = view.of(x)
     wv = view.place(weights, "batch_weights and mask") if weights is not None else None
-    shape = view.param_shape
-    gamma_v = _per_channel(gamma, shape, acc)
-    beta_v = _per_channel(beta, shape, acc)
-
     if layout.reduced_count == 0:
-        # An empty batch: nothing to learn from. The output is empty; gradients are zeros (the
-        # normalisation runs with moments (0, 0)); the moving statistics are left alone.
-        zeros = torch.zeros(shape, dtype=acc, device=x.device)
-        empty = Moments(torch.zeros((), dtype=acc), zeros, zeros)
-        output = gamma_beta_affine(gamma_v, beta_v, like=zeros)
-        y = reference_normalize_apply(xv, empty, invstd(zeros, epsilon), output)
-        return BatchNormResult(y.reshape(x.shape), {})
-
-    adjusted = _adjustment_affine(x, view, adjustment, acc)
-    if fast:  # the stats pass builds no graph
-        keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
-        per_channel = adjusted is None or broadcasts_to(keep, *(t.shape for t in adjusted))
-        plan = plan_for(xv, view.axes, wv, per_channel=per_channel)
-        moments = stats_pass(xv, view.axes, wv, plan)
-    else:  # x upcast once, so autograd sums the moments' and the apply's gradients in acc
-        xv = xv.to(acc)
-        reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
-        moments = compute_moments(xv, reduce_dims, wv)
-    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
-    detached = pooled if fast else Moments(*(t.detach() for t in pooled))
+        return BatchNormResult(_empty_batch_output(xv, view, gamma, beta, options), {})
+    adjusted = _adjustment_affine(x, view, options.adjustment, acc)
     renorm_state = None
-    if renorm:
+    if options.renorm:
         renorm_state = (
-            _per_channel(renorm_mean, shape, acc),
-            _per_channel(renorm_stddev, shape, acc),
-            clipping,
+            _per_channel(state["renorm_mean"], view.param_shape, acc),
+            _per_channel(state["renorm_stddev"], view.param_shape, acc),
+            options.renorm_clipping,
         )
-    output = _output_affine(detached, gamma_v, beta_v, epsilon, renorm_state, adjusted)
-    inv = invstd(moments.var, epsilon)
-    if fast:
-        y = NormalizeApply.apply(
-            xv, wv, moments.mean, inv, output.scale, output.shift, view.axes, epsilon, plan
-        )
-    else:
-        y = reference_normalize_apply(xv, moments, inv, output).to(x.dtype)
-    y = y.reshape(x.shape)
-
-    if moving_variance_correction is None:
-        moving_variance_correction = tensorflow_runs_fused_kernel(
-            layout.raw_axis,
-            layout.rank,
-            fused,
-            moving_mean.dtype,
-            renorm=renorm,
-            virtual_batch_size=virtual_batch_size,
-            adjustment=adjustment,
-            weighted=weights is not None,
-        )
-    per_channel = Moments(
-        detached.count.reshape(moving_mean.shape) if detached.count.dim() else detached.count,
-        detached.mean.reshape(moving_mean.shape),
-        detached.var.reshape(moving_mean.shape),
-    )
+    normalize = _fast_normalize if fast else _reference_normalize
+    y, pooled = normalize(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted)
     update = StatisticsUpdate(
-        per_channel,
-        momentum,
-        epsilon,
-        moving_variance_correction,
-        renorm_momentum if renorm else None,
-        zero_debias_moving_mean,
+        Moments(*(_shaped_like(t, moving_mean) for t in pooled)),
+        options.momentum,
+        options.epsilon,
+        _variance_correction(options, layout, moving_mean.dtype, weighted=weights is not None),
+        options.renorm_momentum if options.renorm else None,
+        options.zero_debias_moving_mean,
     )
-    return BatchNormResult(y, update.apply_to(state), update)
+    return BatchNormResult(view.restore(y), update.apply_to(state), update)
+
+
+def _needed_state(options: Options) -> tuple[str, ...]:
+    """The statistics, by TensorFlow name, that a call with ``options`` reads and updates."""
+    names = ("moving_mean", "moving_variance")
+    if options.renorm:
+        names += ("moving_stddev", "renorm_mean", "renorm_stddev")
+    if options.zero_debias_moving_mean:
+        names += ("moving_mean_biased", "local_step")
+    return names
+
+
+def _shaped_like(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """A per-channel ``t`` in the shape of a ``state`` tensor (a 0-d count as it is)."""
+    return t if t.dim() == 0 or t.shape == state.shape else t.reshape(state.shape)
+
+
+def _empty_batch_output(
+    xv: torch.Tensor,
+    view: _View,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    options: Options,
+) -> torch.Tensor:
+    """An empty batch's output: empty, with zero gradients (moments (0, 0)); no update."""
+    acc = accumulation_dtype(xv.dtype)
+    shape = view.param_shape
+    zeros = torch.zeros(shape, dtype=acc, device=xv.device)
+    empty = Moments(torch.zeros((), dtype=acc), zeros, zeros)
+    output = gamma_beta_affine(
+        _per_channel(gamma, shape, acc), _per_channel(beta, shape, acc), like=zeros
+    )
+    y = reference_normalize_apply(xv, empty, invstd(zeros, options.epsilon), output)
+    return view.restore(y)
+
+
+def _fast_normalize(
+    xv: torch.Tensor,
+    view: _View,
+    wv: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    epsilon: float,
+    renorm_state: RenormState | None,
+    adjusted: Affine | None,
+) -> tuple[torch.Tensor, Moments]:
+    """The fast path's training output and pooled batch moments: the plan's routes.
+
+    Where the plan takes ATen's whole training kernel (plain options, small inputs), one call
+    gives both; otherwise the stats pass, the affine, and the apply.
+    """
+    keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
+    per_channel = adjusted is None or broadcasts_to(keep, *(t.shape for t in adjusted))
+    plain = wv is None and view.group_dim is None and adjusted is None and renorm_state is None
+    plan = plan_for(xv, view.axes, wv, per_channel=per_channel, plain=plain)
+    acc = accumulation_dtype(xv.dtype)
+    if plan.training == "aten":  # None where its folded apply would lose precision
+        trained = aten_training(
+            xv, view.axes, _flat(gamma, acc), _flat(beta, acc), epsilon, plan.fold
+        )
+        if trained is not None:
+            return trained
+    moments = stats_pass(xv, view.axes, wv, plan)  # builds no graph
+    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+    gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
+    output = _output_affine(pooled, gamma_v, beta_v, epsilon, renorm_state, adjusted)
+    inv = invstd(moments.var, epsilon)
+    y = NormalizeApply.apply(
+        xv, wv, moments.mean, inv, output.scale, output.shift, view.axes, epsilon, plan
+    )
+    return y, pooled
+
+
+def _reference_normalize(
+    xv: torch.Tensor,
+    view: _View,
+    wv: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    epsilon: float,
+    renorm_state: RenormState | None,
+    adjusted: Affine | None,
+) -> tuple[torch.Tensor, Moments]:
+    """The reference path's training output and pooled (detached) batch moments.
+
+    ``x`` is upcast once, so autograd sums the moments' and the apply's gradients in the
+    accumulation dtype.
+    """
+    acc = accumulation_dtype(xv.dtype)
+    xs = xv.to(acc)
+    reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
+    moments = compute_moments(xs, reduce_dims, wv)
+    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+    detached = Moments(*(t.detach() for t in pooled))
+    gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
+    output = _output_affine(detached, gamma_v, beta_v, epsilon, renorm_state, adjusted)
+    y = reference_normalize_apply(xs, moments, invstd(moments.var, epsilon), output)
+    return y.to(xv.dtype), detached
+
+
+def _variance_correction(
+    options: Options, layout: ChannelLayout, dtype: torch.dtype, *, weighted: bool
+) -> bool:
+    """Whether the moving variance takes the Bessel-corrected batch variance.
+
+    As given, or TensorFlow's rule (:func:`batchnorm._tf_rules.tensorflow_runs_fused_kernel`).
+    """
+    if options.moving_variance_correction is not None:
+        return options.moving_variance_correction
+    return tensorflow_runs_fused_kernel(
+        layout.raw_axis,
+        layout.rank,
+        options.fused,
+        dtype,
+        renorm=options.renorm,
+        virtual_batch_size=options.virtual_batch_size,
+        adjustment=options.adjustment,
+        weighted=weighted,
+    )

@@ -32,7 +32,7 @@ from batchnorm._errors import (
     fail,
 )
 from batchnorm._tf_rules import tensorflow_can_fuse, tensorflow_runs_fused_kernel
-from batchnorm.functional import StatisticsUpdate, batch_norm
+from batchnorm.functional import Options, StatisticsUpdate, batch_norm_checked, check_options
 
 __all__ = [
     "BatchNormalization",
@@ -508,28 +508,15 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         if self.synchronized and training:
             _check_single_process(self.name)
         x = self._cast_input(inputs)
-        state = self._state()
-        result = batch_norm(
+        result = batch_norm_checked(
             x,
-            *(state[name] for name in ("moving_mean", "moving_variance")),
+            self._state(),
             self.gamma,
             self.beta,
+            self._call_options(),
             training=training,
-            axis=self.axis,
-            momentum=self.momentum,
-            epsilon=self.epsilon,
-            fused=self._fused,
-            moving_variance_correction=self._variance_correction(),
-            renorm=self.renorm,
-            renorm_clipping=self.renorm_clipping,
-            renorm_momentum=self.renorm_momentum,
-            virtual_batch_size=self.virtual_batch_size,
-            virtual_batch_layout=self.virtual_batch_layout,
-            adjustment=self.adjustment,
             batch_weights=batch_weights,
             mask=mask,
-            zero_debias_moving_mean=self.zero_debias_moving_mean,
-            **{name: state[name] for name in _STATE_NAMES[2:] if name in state},
         )
         if update and result.update is not None:
             if self.deferred_updates:
@@ -540,6 +527,36 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             frozen = self._frozen_layer_updates
             self._commit({k: v for k, v in result.new_stats.items() if k in frozen})
         return result.output
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _CALL_OPTION_ATTRIBUTES:  # the checked options are made again on next use
+            self.__dict__["_checked_options"] = None
+        super().__setattr__(name, value)
+
+    def _call_options(self) -> Options:
+        """The functional's options from this layer's attributes, checked once per change.
+
+        Setting any of them (``layer.momentum = 0.9``) drops the checked copy, so a bad value
+        is still refused, by the next call.
+        """
+        options = self.__dict__.get("_checked_options")
+        if options is None:
+            options = check_options(
+                axis=self.axis,
+                momentum=self.momentum,
+                epsilon=self.epsilon,
+                fused=self._fused,
+                moving_variance_correction=self._variance_correction(),
+                renorm=self.renorm,
+                renorm_clipping=self.renorm_clipping,
+                renorm_momentum=self.renorm_momentum,
+                virtual_batch_size=self.virtual_batch_size,
+                virtual_batch_layout=self.virtual_batch_layout,
+                adjustment=self.adjustment,
+                zero_debias_moving_mean=self.zero_debias_moving_mean,
+            )
+            self.__dict__["_checked_options"] = options
+        return options
 
     def _state(self) -> dict[str, torch.Tensor]:
         """The moving statistics by TensorFlow name (only those this configuration has)."""
@@ -1066,6 +1083,25 @@ _INITIALIZER_ARGUMENTS = (
     "moving_mean_initializer",
     "moving_variance_initializer",
 )
+# The attributes :meth:`BatchNormalization._call_options` reads.
+_CALL_OPTION_ATTRIBUTES = frozenset(
+    {
+        "axis",
+        "momentum",
+        "epsilon",
+        "_fused",
+        "moving_variance_correction",
+        "synchronized",
+        "renorm",
+        "renorm_clipping",
+        "renorm_momentum",
+        "virtual_batch_size",
+        "virtual_batch_layout",
+        "adjustment",
+        "zero_debias_moving_mean",
+    }
+)
+
 _STATE_NAMES = (
     "moving_mean",
     "moving_variance",
