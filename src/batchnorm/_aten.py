@@ -102,9 +102,9 @@ def native_inference(
     acc = accumulation_dtype(x.dtype)  # ATen takes 16-bit inputs with float32 statistics
 
     def flat(t: torch.Tensor | None) -> torch.Tensor | None:
-        if t is None or (t.dim() == 1 and t.dtype == acc and t.is_contiguous()):
-            return t  # as given: no view, no copy (a tiny call's cost is these calls)
-        return aten_vector(t.to(acc))
+        if t is None:
+            return t
+        return aten_vector(t if t.dtype == acc else t.to(acc))  # as given where it is flat
 
     y = torch.batch_norm(  # the op under torch.nn.functional.batch_norm, less its checks
         block,
@@ -115,7 +115,7 @@ def native_inference(
         False,
         0.0,
         epsilon,
-        torch.backends.cudnn.enabled,
+        x.is_cuda and torch.backends.cudnn.enabled,  # (a slow attribute: read only on CUDA)
     )
     return y if restore is None else viewed_like(y, restore)
 

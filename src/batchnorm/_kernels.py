@@ -236,7 +236,9 @@ def _folds_within_limit(mean: torch.Tensor, invstd: torch.Tensor) -> bool:
     the reference path does. Reads one value on the host: the plan asks for it only on the
     CPU (``Plan.fold``).
     """
-    return mean.numel() == 0 or float((mean.abs() * invstd).max()) <= _thresholds.FOLD_LIMIT
+    return (
+        mean.numel() == 0 or torch.mul(mean, invstd).abs_().max().item() <= _thresholds.FOLD_LIMIT
+    )
 
 
 # How the apply decides to fold (``Plan.fold``). 16-bit inputs always fold: the error stays

@@ -30,7 +30,6 @@ Example:
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from math import prod
 from typing import NamedTuple
@@ -128,18 +127,29 @@ def plan_for(
     options that compose into the affine or weight the statistics (renorm, adjustment, ghost
     batches, weights, masks), so that ATen's training kernel computes it all.
     """
-    return _decide(
-        tuple(x.shape),
+    key = (
+        x.shape,
         x.stride(),
         x.dtype,
         x.device.type,
         tuple(axes),
-        None if weights is None else tuple(weights.shape),
+        None if weights is None else weights.shape,
         per_channel,
         plain,
         records,
         _threshold_values(),
     )
+    plan = _PLANS.get(key)
+    if plan is None:
+        if len(_PLANS) >= _MAX_PLANS:  # many signatures (shapes that keep changing): start over
+            _PLANS.clear()
+        plan = _PLANS[key] = _decide(*key)
+    return plan
+
+
+# The plans decided so far, by signature (a dictionary: a lookup is the call's whole cost).
+_PLANS: dict[tuple[object, ...], Plan] = {}
+_MAX_PLANS = 1024
 
 
 def _threshold_values() -> tuple[float, ...]:
@@ -151,14 +161,13 @@ def _threshold_values() -> tuple[float, ...]:
     )
 
 
-@functools.lru_cache(maxsize=512)
 def _decide(
-    shape: tuple[int, ...],
+    shape: torch.Size,
     strides: tuple[int, ...],
     dtype: torch.dtype,
     device: str,
     axes: tuple[int, ...],
-    weights_shape: tuple[int, ...] | None,
+    weights_shape: torch.Size | None,
     per_channel: bool,
     plain: bool,
     records: bool,

@@ -38,7 +38,7 @@ from batchnorm._errors import (
 )
 from batchnorm._kernels import NormalizeApply, aten_training, infer
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
-from batchnorm._plan import plan_for
+from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._statistics import stats_pass
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
@@ -51,6 +51,7 @@ __all__ = [
     "batch_norm",
     "batch_norm_checked",
     "check_options",
+    "routes",
 ]
 
 Adjustment = Callable[[torch.Size], tuple[Any, Any]]
@@ -729,10 +730,7 @@ def _fast_normalize(
     Where the plan takes ATen's whole training kernel (plain options, small inputs), one call
     gives both; otherwise the stats pass, the affine, and the apply.
     """
-    keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
-    per_channel = adjusted is None or broadcasts_to(keep, *(t.shape for t in adjusted))
-    plain = wv is None and view.group_dim is None and adjusted is None and renorm_state is None
-    plan = plan_for(xv, view.axes, wv, per_channel=per_channel, plain=plain)
+    plan = _training_plan(xv, view, wv, adjusted, renorm=renorm_state is not None)
     acc = accumulation_dtype(xv.dtype)
     if plan.training == "aten":  # None where its folded apply would lose precision
         trained = aten_training(
@@ -749,6 +747,64 @@ def _fast_normalize(
         xv, wv, moments.mean, inv, output.scale, output.shift, view.axes, epsilon, plan
     )
     return y, pooled
+
+
+def _training_plan(
+    xv: torch.Tensor, view: _View, wv: torch.Tensor | None, adjusted: Affine | None, *, renorm: bool
+) -> Plan:
+    """The fast path's plan for a training call on the view ``xv``."""
+    keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
+    per_channel = adjusted is None or broadcasts_to(keep, *(t.shape for t in adjusted))
+    plain = wv is None and view.group_dim is None and adjusted is None and not renorm
+    return plan_for(xv, view.axes, wv, per_channel=per_channel, plain=plain)
+
+
+def routes(
+    x: torch.Tensor,
+    *,
+    training: bool,
+    axis: AxisArgument = -1,
+    fused: bool | None = None,
+    renorm: bool = False,
+    virtual_batch_size: int | None = None,
+    virtual_batch_layout: str = "strided",
+    adjustment: Adjustment | None = None,
+    batch_weights: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    records: bool = False,
+) -> str:
+    """Which route each heavy pass takes for a call of :func:`batch_norm` on ``x``: one line.
+
+    The arguments are :func:`batch_norm`'s that choose routes (``records``: whether an input
+    of an inference call needs a gradient). Nothing is computed but the plan (and the
+    ``adjustment``, which is called for its shapes); the fast path's routes are named by
+    :class:`batchnorm._plan.Plan`, the reference path (``fused=False``) is ``"reference"``.
+
+    Example:
+        >>> routes(torch.randn(8, 16, 4, 4), training=True, axis=1)
+        'training=aten infer=aten'
+        >>> routes(torch.randn(8, 16, 4, 4), training=True, axis=1, fused=False)
+        'reference'
+    """
+    options = check_options(
+        axis=axis,
+        fused=fused,
+        renorm=renorm,
+        virtual_batch_size=virtual_batch_size,
+        virtual_batch_layout=virtual_batch_layout,
+        adjustment=adjustment,
+    )
+    if options.fused is False or _traced():
+        return "reference"
+    layout = ChannelLayout.from_axis(options.axis, x.shape)
+    if not training:
+        return plan_for(x, layout.axes, records=records).describe()
+    acc = accumulation_dtype(x.dtype)
+    weights = _example_weights(x, layout, batch_weights, mask, acc)
+    view = _make_view(layout, virtual_batch_size, virtual_batch_layout)
+    wv = view.place(weights, "batch_weights and mask") if weights is not None else None
+    adjusted = _adjustment_affine(x, view, adjustment, acc)
+    return _training_plan(view.of(x), view, wv, adjusted, renorm=renorm).describe()
 
 
 def _reference_normalize(

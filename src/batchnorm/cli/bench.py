@@ -394,11 +394,11 @@ class _Timed:
     saves_for_backward: bool = False  # call() runs a training forward with autograd (torch)
 
 
-def _batchnorm_forward(name: str, case: Case, inputs: _Inputs) -> tuple[Callable, tuple]:
-    """A training or inference forward of our candidate ``name`` and its differentiable inputs."""
-    x, training = inputs.x, case.training
+def _call_arguments(name: str, case: Case, inputs: _Inputs) -> dict[str, Any]:
+    """The keyword arguments of :func:`batchnorm.functional.batch_norm` for candidate ``name``."""
+    x = inputs.x
     common: dict[str, Any] = {
-        "training": training,
+        "training": case.training,
         "axis": case.axis,
         "momentum": MOMENTUM,
         "epsilon": EPSILON,
@@ -427,7 +427,32 @@ def _batchnorm_forward(name: str, case: Case, inputs: _Inputs) -> tuple[Callable
     elif name == "adjustment":
         scale, bias = inputs.adjustment
         common["adjustment"] = lambda shape: (scale, bias)
+    return common
 
+
+_ROUTE_ARGUMENTS = (
+    "training",
+    "axis",
+    "fused",
+    "renorm",
+    "virtual_batch_size",
+    "adjustment",
+    "batch_weights",
+    "mask",
+)
+
+
+def routes_of(name: str, case: Case, inputs: _Inputs) -> str:
+    """The routes our candidate ``name`` takes here (:func:`batchnorm.functional.routes`)."""
+    arguments = _call_arguments(name, case, inputs)
+    chosen = {key: value for key, value in arguments.items() if key in _ROUTE_ARGUMENTS}
+    return bn.functional.routes(inputs.x, **chosen)
+
+
+def _batchnorm_forward(name: str, case: Case, inputs: _Inputs) -> tuple[Callable, tuple]:
+    """A training or inference forward of our candidate ``name`` and its differentiable inputs."""
+    x, training = inputs.x, case.training
+    common = _call_arguments(name, case, inputs)
     if name == "deferred":
         layer = bn.BatchNormalization(
             axis=case.axis,
@@ -777,7 +802,10 @@ def _measure_case(
             "saved_bytes_limit": None,
             "compiled": settings.compiled,
             "compile_s": compile_s.get(name),
+            "routes": None,
         }
+        if CANDIDATES[name].implementation == "batchnorm":
+            row["routes"] = "compiled" if settings.compiled else routes_of(name, case, inputs)
         if CANDIDATES[name].implementation == "batchnorm" and "native" in saved and name in saved:
             row["saved_bytes_limit"] = saved["native"] + _allowance_bytes(name, case, inputs)
         rows.append(row)
@@ -998,9 +1026,24 @@ def format_case(rows: Sequence[dict[str, Any]]) -> str:
         rest = (v.rjust(w) for v, w in zip(values[1:], widths[1:], strict=True))
         return "  ".join((first_cell, *rest)).rstrip()
 
-    return "\n".join(
-        [title, line(header), line(["-" * w for w in widths]), *(line(c) for c in cells)]
-    )
+    table = [title, line(header), line(["-" * w for w in widths]), *(line(c) for c in cells)]
+    return "\n".join(table + _routes_lines(rows))
+
+
+def _routes_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per distinct plan among our candidates: the routes and who takes them.
+
+    Example:
+        >>> rows = [{"candidate": "plain", "routes": "training=aten infer=aten"},
+        ...         {"candidate": "deferred", "routes": "training=aten infer=aten"}]
+        >>> print(*_routes_lines(rows))
+        routes: training=aten infer=aten (plain, deferred)
+    """
+    takers: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("routes") and row["routes"] != "compiled":
+            takers.setdefault(row["routes"], []).append(row["candidate"])
+    return [f"routes: {plan} ({', '.join(names)})" for plan, names in takers.items()]
 
 
 def format_targets(targets: Sequence[dict[str, Any]]) -> str:
