@@ -59,7 +59,18 @@ def _import_source(name: str, source: str) -> ModuleType:
 
 
 # The fast path's modules, lowest layer first (each may import the ones before it).
-SWAPPED = ("_reductions", "_axes", "_affine", "_aten", "_statistics", "_kernels", "functional")
+SWAPPED = (
+    "_thresholds",
+    "_reductions",
+    "_axes",
+    "_moments",
+    "_affine",
+    "_aten",
+    "_plan",
+    "_statistics",
+    "_kernels",
+    "functional",
+)
 
 
 def functional_at(rev: str) -> ModuleType:

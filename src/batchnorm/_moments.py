@@ -160,7 +160,9 @@ def pool_groups(moments: Moments, group_dim: int) -> Moments:
     The pooled mean is the count-weighted mean of the group means and the pooled variance the
     count-weighted mean of the group variances (the within-group variance). With equal counts,
     as TensorFlow's ghost batches have, these are the plain means over groups that tf_keras
-    feeds its moving averages and renorm. The group dimension is kept with size 1.
+    feeds its moving averages and renorm; a single (0-d) count, held by the CPU, is pooled so,
+    without mixing it into the tensors of another device. The group dimension is kept with
+    size 1.
 
     Example:
         >>> groups = Moments(torch.tensor([[2.0], [2.0]]), torch.tensor([[0.0], [4.0]]),
@@ -169,6 +171,11 @@ def pool_groups(moments: Moments, group_dim: int) -> Moments:
         >>> pooled.mean.tolist(), pooled.var.tolist(), pooled.count.tolist()
         ([[2.0]], [[2.0]], [[4.0]])
     """
+    if moments.count.dim() == 0:  # one count for every group (unweighted): plain means
+        groups = moments.mean.shape[group_dim]
+        mean = moments.mean.mean(dim=group_dim, keepdim=True)
+        var = moments.var.mean(dim=group_dim, keepdim=True)
+        return Moments(moments.count * groups, mean, var)
     count = moments.count.expand_as(moments.mean)
     total = count.sum(dim=group_dim, keepdim=True)
     mean = no_nan_divide((count * moments.mean).sum(dim=group_dim, keepdim=True), total)

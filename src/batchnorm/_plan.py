@@ -179,8 +179,7 @@ def _decide(
     weights = None if weights_shape is None else torch.empty(weights_shape, device="meta")
     sixteen_bit = dtype in SIXTEEN_BIT
     has_block_view = aten_input(x, axes) is not None
-    regroup = sixteen_bit and weights is None
-    slices = aten_slices(x, axes, regroup=regroup)
+    slices = aten_slices(x, axes, regroup=sixteen_bit and weights is None)
     stats = _stats_route(x, axes, weights, sixteen_bit, has_block_view, slices)
     apply, aten_applies = _apply_route(x, axes, sixteen_bit, has_block_view)
     sizes = block_view_sizes(x, axes)
@@ -191,18 +190,21 @@ def _decide(
         fold = "always"
     else:
         fold = "if_within_limit" if device == "cpu" else "never"
+    reduce_slices = aten_slices(x, axes, regroup=sixteen_bit)
     if not per_channel:
         reduce, input_grad = "composite", "composite"
     else:
         if has_block_view:
             reduce = "aten"
-        elif aten_slices(x, axes, regroup=sixteen_bit) is not None:
+        elif reduce_slices is not None:
             reduce = "aten_slices"
         else:
             reduce = "blocked"
         input_grad = "aten" if reduce == "aten" and weights is None else "blocked"
     infer = "aten" if aten_applies else "autograd" if records else "folded"
-    uses_regroup = (stats == "aten_slices" and regroup) or (reduce == "aten_slices" and sixteen_bit)
+    uses_regroup = (stats == "aten_slices" and slices.regrouped) or (
+        reduce == "aten_slices" and reduce_slices.regrouped
+    )
     channels = prod(shape[d] for d in axes)
     aten_training = (
         plain

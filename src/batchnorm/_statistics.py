@@ -254,8 +254,8 @@ def _upcast_blocks(
     """
     counts, means, squares = [], [], []
     for _, block, sliced in upcast_blocks(x, acc, [] if weights is None else [weights]):
-        if weights is None:
-            count = weight_total(None, block.shape, reduce_dims).to(acc)
+        if weights is None:  # the CPU count moved to the device: it is expanded below
+            count = weight_total(None, block.shape, reduce_dims).to(device=x.device, dtype=acc)
             mean = channel_sum(block, axes) / count
             squares.append(channel_sum_of_squares(block.sub_(mean), axes))
         else:

@@ -272,9 +272,12 @@ def _example_weights(
             )
         weights = batch_weights.detach().to(dtype).reshape((-1,) + (1,) * (x.dim() - 1))
         non_negative = (weights >= 0).all()
-        if torch.compiler.is_compiling():  # checked on the device: no host synchronization
+        if torch._C._are_functorch_transforms_active():  # vmap can neither read nor assert it
+            pass
+        elif torch.compiler.is_compiling() or weights.device.type != "cpu":
+            # Checked on the device: no host synchronization (an accelerator's queue runs on).
             torch._assert_async(non_negative, "batch_weights: expected non-negative weights")
-        elif not torch._C._are_functorch_transforms_active():  # (vmap cannot read it)
+        else:  # on the CPU the value is at hand: a BatchNormError that names the argument
             check(bool(non_negative), "batch_weights", "a negative entry", "non-negative weights")
     if mask is not None:
         check(isinstance(mask, torch.Tensor), "mask", type(mask).__name__, "a torch.Tensor")

@@ -500,21 +500,14 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
-        if self._layout is None:  # forward() called directly, without the lazy-module hook
-            self.initialize_parameters(inputs, training)
-        check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
-        training, update = self._resolve_training(training)
-        self._layout.with_batch(inputs.shape)
-        if self.synchronized and training:
-            _check_single_process(self.name)
-        x = self._cast_input(inputs)
+        x, normalise, update = self._prepare_call(inputs, training)
         result = batch_norm_checked(
             x,
             self._state(),
             self.gamma,
             self.beta,
             self._call_options(),
-            training=training,
+            training=normalise,
             batch_weights=batch_weights,
             mask=mask,
         )
@@ -523,10 +516,30 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 self._pending.append(PendingUpdate(self, result.update))
             else:
                 self._commit(result.new_stats)
-        elif training and result.update is not None:  # a frozen V1 layer in training
-            frozen = self._frozen_layer_updates
-            self._commit({k: v for k, v in result.new_stats.items() if k in frozen})
+        elif normalise and result.update is not None:  # a frozen V1 layer in training
+            self._commit_frozen(result.new_stats)
         return result.output
+
+    def _prepare_call(self, inputs: torch.Tensor, training: Any) -> tuple[torch.Tensor, bool, bool]:
+        """Check ``inputs`` against the layer (building it on first use) and resolve ``training``.
+
+        Returns the input cast to the compute dtype, whether to normalise with the batch
+        statistics, and whether to update the moving statistics. Shared by :meth:`forward`
+        and :func:`batchnorm.compat.v1.batch_norm`, which then call the functional.
+        """
+        if self._layout is None:  # forward() called directly, without the lazy-module hook
+            self.initialize_parameters(inputs, training)
+        check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
+        normalise, update = self._resolve_training(training)
+        self._layout.with_batch(inputs.shape)
+        if self.synchronized and normalise:
+            _check_single_process(self.name)
+        return self._cast_input(inputs), normalise, update
+
+    def _commit_frozen(self, new_stats: Mapping[str, torch.Tensor]) -> None:
+        """Commit what a frozen layer's training call updates (the V1 class: renorm's pair)."""
+        frozen = self._frozen_layer_updates
+        self._commit({k: v for k, v in new_stats.items() if k in frozen})
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _CALL_OPTION_ATTRIBUTES:  # the checked options are made again on next use
@@ -596,7 +609,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             return training and self._frozen_layer_uses_batch_statistics, False
         return training, training
 
-    def _commit(self, new_stats: dict[str, torch.Tensor]) -> None:
+    def _commit(self, new_stats: Mapping[str, torch.Tensor]) -> None:
         try:
             with torch.no_grad():
                 for key, value in new_stats.items():

@@ -37,8 +37,7 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -67,7 +66,8 @@ from batchnorm.compat._store import (
     get_default_graph,
     reset_default_graph,
 )
-from batchnorm.layer import BatchNormalizationV1
+from batchnorm.functional import Options, batch_norm_checked
+from batchnorm.layer import BatchNormalizationV1, PendingUpdate
 
 BatchNormalization = BatchNormalizationV1
 
@@ -123,21 +123,6 @@ _REGULARIZER_KEYS = ("beta", "gamma")
 # The variables tf-slim adds to ``variables_collections`` (renorm and zero-debias state it
 # does not add).
 _COLLECTED_VARIABLES = ("gamma", "beta", "moving_mean", "moving_variance")
-# Options TensorFlow reads at every call (a reused scope may change them) -> layer attribute.
-_PER_CALL_OPTIONS = (
-    "momentum",
-    "epsilon",
-    "renorm_clipping",
-    "renorm_momentum",
-    "adjustment",
-    "deferred_updates",
-    "fused",
-    "moving_variance_correction",
-    "frozen_layer_updates",
-)
-# Per-call options held under another attribute: the layer's ``fused`` property reports
-# tf_keras' resolved value, while the argument (our code path) is ``_fused``.
-_OPTION_ATTRIBUTES = {"fused": "_fused"}
 # Options that decide which variables exist; a reused scope must keep them.
 _VARIABLE_OPTIONS = (
     "data_format",
@@ -203,16 +188,6 @@ def _updates_collections(value: Any) -> tuple[list[str], bool]:
     return names, isinstance(value, str) and value == UPDATE_OPS
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Equality for option values that may hold tensors (identity first)."""
-    if a is b:
-        return True
-    try:
-        return bool(a == b)
-    except (RuntimeError, TypeError, ValueError):
-        return False
-
-
 # ---------------------------------------------------------------------- scope resolution
 def _resolve_scope(scope: Any, reuse: Any) -> tuple[str, bool, str | None]:
     """(scope name, whether it exists, default base name or None) for ``scope``/``reuse``."""
@@ -246,30 +221,10 @@ def _resolve_scope(scope: Any, reuse: Any) -> tuple[str, bool, str | None]:
     return scope, exists, None
 
 
-class _SlimLayer(BatchNormalizationV1):
-    """The V1 layer as tf-slim drives it: a frozen layer's update depends on the path.
-
-    With ``trainable=False`` and ``is_training`` True, tf-slim always normalizes with the batch
-    statistics, but updates the moving statistics only on its fused and legacy paths: on the
-    core-layer path the V1 Keras layer keeps a non-trainable layer's update ops out of
-    ``UPDATE_OPS`` (its ``updates`` property skips frozen layers), so they never run. The V1
-    class implements the core-layer rule; ``frozen_layer_updates`` (set per call from
-    :func:`slim_path`) switches to the other one.
-    """
-
-    frozen_layer_updates = False
-
-    def _resolve_training(self, training: Any) -> tuple[bool, bool]:
-        batch_statistics, update = super()._resolve_training(training)
-        if not self.trainable and self.frozen_layer_updates:
-            update = batch_statistics
-        return batch_statistics, update
-
-
 class _Scope:
     """One scope's state: its layer and the options that fixed its variables."""
 
-    def __init__(self, name: str, layer: _SlimLayer, variable_options: dict[str, Any]):
+    def __init__(self, name: str, layer: BatchNormalizationV1, variable_options: dict[str, Any]):
         self.name = name
         self.layer = layer
         self.variable_options = variable_options
@@ -295,25 +250,6 @@ class _RegularizationLoss:
 
     def __repr__(self) -> str:
         return f"<regularization loss {self.name}>"
-
-
-@contextlib.contextmanager
-def _per_call_options(layer: BatchNormalization, values: dict[str, Any]) -> Iterator[None]:
-    """Set the layer's per-call options to ``values`` for one call, then restore them."""
-    saved = {}
-    for option, value in values.items():
-        attribute = _OPTION_ATTRIBUTES.get(option, option)
-        if not hasattr(layer, attribute):  # a contract mismatch with the layer: fail loudly
-            raise AttributeError(f"BatchNormalization has no attribute {attribute!r}")
-        current = getattr(layer, attribute)
-        if not _same(current, value):
-            saved[attribute] = current
-            setattr(layer, attribute, value)
-    try:
-        yield
-    finally:
-        for attribute, value in saved.items():
-            setattr(layer, attribute, value)
 
 
 def _register_variables(
@@ -577,7 +513,7 @@ def batch_norm(
         "zero_debias_moving_mean": zero_debias_moving_mean,
         "trainable": trainable,
     }
-    call_options = {
+    construction_options = {
         "momentum": decay,
         "epsilon": epsilon,
         "renorm_clipping": renorm_clipping,
@@ -586,7 +522,6 @@ def batch_norm(
         "deferred_updates": bool(update_collection_names),
         "fused": fused,
         "moving_variance_correction": path.moving_variance_correction,
-        "frozen_layer_updates": path.name != "core_layer",
     }
     graph = get_default_graph()
     if exists:
@@ -601,7 +536,7 @@ def batch_norm(
                 )
         layer = state.layer
     else:
-        layer = _SlimLayer(
+        layer = BatchNormalizationV1(
             axis=axis,
             center=center,
             scale=scale,
@@ -614,15 +549,47 @@ def batch_norm(
             input_shape=tuple(inputs.shape[1:]),
             dtype=variable_dtype,
             device=inputs.device,
-            **{k: v for k, v in call_options.items() if k != "frozen_layer_updates"},
+            **construction_options,
         )
         state = _Scope(scope_name, layer, variable_options)
 
-    with _per_call_options(layer, call_options):
-        pending_before = {id(update) for update in layer.updates}
-        outputs = layer(inputs, training=training, batch_weights=batch_weights)
-        new_updates = [u for u in layer.updates if id(u) not in pending_before]
-    _take_pending(layer, new_updates)
+    # This call's options (checked above under tf-slim's names), on the functional: the
+    # scope's layer owns the variables and is never reconfigured per call.
+    options = Options(
+        axis=axis,
+        momentum=decay,
+        epsilon=epsilon,
+        fused=fused,
+        moving_variance_correction=path.moving_variance_correction,
+        renorm=renorm,
+        renorm_clipping=renorm_clipping,
+        renorm_momentum=renorm_decay,
+        virtual_batch_size=None,
+        virtual_batch_layout="strided",
+        adjustment=adjustment,
+        zero_debias_moving_mean=zero_debias_moving_mean,
+    )
+    x, normalise, update = layer._prepare_call(inputs, training)
+    if not trainable and path.name != "core_layer":
+        update = normalise  # tf-slim's fused and legacy paths update a frozen layer too
+    result = batch_norm_checked(
+        x,
+        layer._state(),
+        layer.gamma,
+        layer.beta,
+        options,
+        training=normalise,
+        batch_weights=batch_weights,
+    )
+    new_updates = []
+    if update and result.update is not None:
+        if update_collection_names:  # deferred: the collections hold them, not the layer
+            new_updates.append(PendingUpdate(layer, result.update))
+        else:
+            layer._commit(result.new_stats)
+    elif normalise and result.update is not None:  # a frozen core-layer scope
+        layer._commit_frozen(result.new_stats)
+    outputs = result.output
 
     if not exists:
         graph.register_scope(scope_name, state, default_base)
@@ -634,12 +601,6 @@ def batch_norm(
     if output_collection_names:
         graph.add_to_collections(output_collection_names, outputs, scope_name)
     return outputs
-
-
-def _take_pending(layer: BatchNormalization, updates: list[Any]) -> None:
-    """Hand the call's pending updates from the layer to the collections (the sole owner)."""
-    if updates:
-        layer.discard_updates()
 
 
 # ---------------------------------------------------------------------- accessors
