@@ -176,6 +176,25 @@ def test_per_call_options_apply_to_that_call_only():
     _close(y2, _normalize(x2.numpy(), m2, v2, 0.1, (0,)))
 
 
+def test_a_call_never_sets_an_attribute_of_the_scopes_layer(monkeypatch):
+    """Per-call options go to the functional; the layer only owns the variables."""
+    x = _randn(8, 3, seed=1)
+    v1.batch_norm(x, scope="bn", decay=0.9)
+    set_names = []
+    original = v1.BatchNormalizationV1.__setattr__
+
+    def recording(layer, name, value):
+        set_names.append(name)
+        original(layer, name, value)
+
+    monkeypatch.setattr(v1.BatchNormalizationV1, "__setattr__", recording)
+    v1.batch_norm(x, scope="bn", reuse=True, decay=0.5, epsilon=0.1, fused=False)
+    v1.batch_norm(x, scope="bn", reuse=True, is_training=False)
+    assert set_names == []
+    v1.run_update_ops()
+    assert v1.get_layer("bn").updates == []  # the collections held them, not the layer
+
+
 def test_a_failed_call_registers_nothing():
     with pytest.raises(BatchNormError, match="batch_weights"):
         v1.batch_norm(_randn(4, 3), scope="bn", batch_weights=torch.ones(5))

@@ -375,3 +375,29 @@ def test_a_policy_name_survives_a_move_to_another_device():
     layer = bn.BatchNormalization(dtype="mixed_float16", input_shape=(3,)).to("cpu")
     assert layer.get_config()["dtype"] == "mixed_float16"
     assert (layer.dtype, layer.compute_dtype) == ("float32", "float16")
+
+
+def test_options_are_checked_once_and_again_after_a_change(monkeypatch):
+    """The layer keeps its checked options; setting one makes the next call check them anew."""
+    checks = []
+    check_options = bn.layer.check_options
+    monkeypatch.setattr(
+        bn.layer, "check_options", lambda **o: checks.append(o) or check_options(**o)
+    )
+    layer = bn.BatchNormalization(axis=1, momentum=0.9, input_shape=(3, 2))
+    x = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0))
+    for _ in range(3):
+        layer(x, training=True)
+    assert len(checks) == 1
+    before = layer.moving_mean.clone()
+    layer.momentum = 0.5  # takes effect at the next call
+    layer(x, training=True)
+    assert len(checks) == 2 and checks[-1]["momentum"] == 0.5
+    want = batch_norm(x, before, torch.ones(3), training=True, axis=1, momentum=0.5)
+    torch.testing.assert_close(layer.moving_mean, want.new_stats["moving_mean"])
+    layer.momentum = 5.0  # refused by the next call, which changes nothing
+    state = {k: v.clone() for k, v in layer.state_dict().items() if torch.is_tensor(v)}
+    with pytest.raises(bn.BatchNormError, match=r"momentum=5\.0"):
+        layer(x, training=True)
+    for key, value in state.items():
+        assert torch.equal(layer.state_dict()[key], value), key

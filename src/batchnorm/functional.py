@@ -14,6 +14,7 @@ One training call is the architecture of design.md in three steps:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -37,7 +38,7 @@ from batchnorm._errors import (
     fail,
 )
 from batchnorm._kernels import NormalizeApply, aten_training, infer
-from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups
+from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups, weight_total
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._statistics import stats_pass
@@ -672,6 +673,8 @@ def batch_norm_checked(
             options.renorm_clipping,
         )
     normalize = _fast_normalize if fast else _reference_normalize
+    if wv is None and options.fused is not False and _compiles_as_batch_norm(view):
+        normalize = _compiled_normalize
     y, pooled = normalize(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted)
     update = StatisticsUpdate(
         Moments(*(_shaped_like(t, moving_mean) for t in pooled)),
@@ -808,6 +811,65 @@ def routes(
     wv = view.place(weights, "batch_weights and mask") if weights is not None else None
     adjusted = _adjustment_affine(x, view, adjustment, acc)
     return _training_plan(view.of(x), view, wv, adjusted, renorm=renorm).describe()
+
+
+def _compiles_as_batch_norm(view: _View) -> bool:
+    """Whether an unweighted training call being compiled is ATen's batch-norm op.
+
+    While compiling, where the kept dimensions of the view are its dimensions 1 to k (channels
+    on dimension 1, several channel axes after it, or TensorFlow's strided ghost batches,
+    whose groups come before the channels), with at least two values a channel (a guard on
+    symbolic sizes).
+    """
+    kept = view.axes
+    return (
+        torch.compiler.is_compiling()
+        and kept == tuple(range(1, len(kept) + 1))
+        and math.prod(view.shape) >= 2 * math.prod([view.shape[d] for d in kept])
+    )
+
+
+def _compiled_normalize(
+    xv: torch.Tensor,
+    view: _View,
+    wv: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    epsilon: float,
+    renorm_state: RenormState | None,
+    adjusted: Affine | None,
+) -> tuple[torch.Tensor, Moments]:
+    r"""An unweighted training call under ``torch.compile``: ATen's batch-norm op, then the affine.
+
+    Inductor lowers ``torch.nn.functional.batch_norm`` and its backward to the kernels it gives
+    ``torch.nn.BatchNorm2d``, centred (``(x - mean) * invstd``), so a compiled call costs what a
+    compiled native one does. The kept dimensions are flattened into ATen's channels (ghost
+    groups times channels), whose moments then pool as the reference path's do. Plain calls
+    hand it gamma and beta; renorm and adjustment compose into ``A, B`` applied to its
+    ``\hat{x}``, which inductor fuses into the same elementwise kernel. As
+    :func:`batchnorm._kernels.aten_training` does eagerly, zeroed running statistics with
+    momentum 1 receive each channel's mean and unbiased variance.
+    """
+    acc = accumulation_dtype(xv.dtype)
+    kept = view.axes
+    channels = math.prod([view.shape[d] for d in kept])
+    rows = xv.reshape(view.shape[0], channels, *view.shape[kept[-1] + 1 :])
+    mean = torch.zeros(channels, dtype=acc, device=xv.device)
+    unbiased = torch.zeros(channels, dtype=acc, device=xv.device)
+    composed = renorm_state is not None or adjusted is not None or view.group_dim is not None
+    weight, bias = (None, None) if composed else (_flat(gamma, acc), _flat(beta, acc))
+    y = torch.nn.functional.batch_norm(rows, mean, unbiased, weight, bias, True, 1.0, epsilon)
+    count = weight_total(None, rows.shape, [d for d in range(rows.dim()) if d != 1]).to(acc)
+    keep = tuple(s if d in kept else 1 for d, s in enumerate(view.shape))
+    var = unbiased * ((count - 1) / count)
+    moments = Moments(count, mean.reshape(keep), var.reshape(keep))
+    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+    if not composed:
+        return y, pooled
+    gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
+    output = _output_affine(pooled, gamma_v, beta_v, epsilon, renorm_state, adjusted)
+    y = y.reshape(view.shape) * output.scale + output.shift
+    return y.to(xv.dtype), pooled
 
 
 def _reference_normalize(
