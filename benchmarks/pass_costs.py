@@ -37,6 +37,7 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
+from math import prod
 
 import torch
 from torch.nn import functional
@@ -317,7 +318,39 @@ def overhead_section(rounds: int) -> None:
     )
 
 
+def _plain_step(x: torch.Tensor, dy: torch.Tensor, limit: int) -> Callable[[], None]:
+    """A plain training step of the functional with ``ATEN_TRAINING_ELEMENTS = limit``."""
+    channels = x.shape[1]
+    gamma = torch.ones(channels, requires_grad=True)
+    beta = torch.zeros(channels, requires_grad=True)
+    running = torch.zeros(channels), torch.ones(channels)
+
+    def step() -> None:
+        saved = _thresholds.ATEN_TRAINING_ELEMENTS
+        _thresholds.ATEN_TRAINING_ELEMENTS = limit
+        try:
+            xi = x.detach().requires_grad_()
+            result = bn.functional.batch_norm(xi, *running, gamma, beta, training=True, axis=1)
+            result.output.backward(dy)
+        finally:
+            _thresholds.ATEN_TRAINING_ELEMENTS = saved
+
+    return step
+
+
+def training_section(rounds: int) -> None:
+    """Where ATen's whole training kernel stops beating the passes (ATEN_TRAINING_ELEMENTS)."""
+    print("plain float32 NCHW training step (forward + backward) by size, us: aten | passes")
+    shapes = [(8, 16, 4, 4), (16, 32, 8, 8), (32, 64, 8, 8), (32, 64, 16, 16), (32, 64, 32, 32)]
+    for shape in shapes:
+        x = _input(shape, torch.float32, channels_last=False)
+        dy = torch.randn_like(x)
+        candidates = {"aten": _plain_step(x, dy, 1 << 62), "passes": _plain_step(x, dy, 0)}
+        report(f"{shape} ({prod(shape)} elements)", interleaved(candidates, rounds))
+
+
 SECTIONS = {
+    "training": training_section,
     "stats": stats_section,
     "bf16": bf16_section,
     "weighted": weighted_section,
