@@ -295,6 +295,12 @@ def _weighted_deviation_square(
     return product.masked_fill_(weights == 0, 0.0)
 
 
+def _plain_deviation_square(
+    values: torch.Tensor, weights: torch.Tensor, mean: torch.Tensor, *, out: torch.Tensor
+) -> torch.Tensor:
+    return _centered_square(values, mean, out=out).mul_(weights)
+
+
 def _weighted_blocks(
     axes: Sequence[int],
     values: torch.Tensor,
@@ -303,13 +309,21 @@ def _weighted_blocks(
 ) -> torch.Tensor:
     """Per-channel sum of ``weights * values``, or of ``weights * (values - mean) ** 2``.
 
-    The products are formed a block at a time in cache, never as a full-size tensor, and are
-    exactly 0 where a weight is 0 (:func:`batchnorm._moments.weighted`), so masked-out garbage
-    never reaches the statistics, with no host-side check of the sum.
+    The products are formed a block at a time in cache, never as a full-size tensor, and
+    masked-out garbage (NaN or inf under a zero weight) never reaches the statistics: the
+    products are zeroed where a weight is 0 (:func:`batchnorm._moments.weighted`). On the CPU
+    the plain products come first and only a sum that is not finite is redone so (reading it
+    costs nothing there: the zeroing costs a third more); elsewhere the zeroed products are
+    the only ones, so that no value is read on the host.
     """
-    if mean is None:
-        return blocked_channel_sum(_weighted_product, axes, values, weights)
-    return blocked_channel_sum(_weighted_deviation_square, axes, values, weights, mean)
+    operands = (values, weights) if mean is None else (values, weights, mean)
+    zeroed = _weighted_product if mean is None else _weighted_deviation_square
+    if values.device.type == "cpu":
+        plain = torch.mul if mean is None else _plain_deviation_square
+        total = blocked_channel_sum(plain, axes, *operands)
+        if bool(torch.isfinite(total).all()):
+            return total
+    return blocked_channel_sum(zeroed, axes, *operands)
 
 
 def _weighted_rows(
