@@ -160,11 +160,17 @@ def test_compiled_training_and_inference_equal_eager_without_graph_breaks(option
     torch.testing.assert_close(compiled(x, training=False), eager(x, training=False))
 
 
-def test_a_plain_training_call_compiles_to_one_graph(fresh_dynamo):
-    """The count torch._dynamo.explain reports (fullgraph above already forbids breaks)."""
-    layer = bn.BatchNormalization(axis=1, input_shape=(3, 4, 4))
-    report = torch._dynamo.explain(layer)(torch.randn(8, 3, 4, 4), training=True)
-    assert report.graph_break_count == 0 and report.graph_count == 1
+@pytest.mark.parametrize("option", sorted(COMPILE_OPTIONS))
+def test_a_training_call_compiles_to_one_graph(option, fresh_dynamo):
+    """The graph breaks torch._dynamo.explain counts, per option: none, one graph."""
+    options, call_kinds = COMPILE_OPTIONS[option]
+    layer, _ = _pair(options)
+    x = torch.randn(8, 3, 4, 4, generator=torch.Generator().manual_seed(3))
+    call = {
+        k: _call_inputs(kind, x, torch.Generator().manual_seed(4)) for k, kind in call_kinds.items()
+    }
+    report = torch._dynamo.explain(layer)(x, training=True, **call)
+    assert (report.graph_break_count, report.graph_count) == (0, 1)
 
 
 # --------------------------------------------------------------------------- torch.export
