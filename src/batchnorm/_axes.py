@@ -149,7 +149,10 @@ class ChannelLayout:
             BatchNormError: if the rank or a channel size differs from the built layout.
 
         """
-        shape = tuple(_size(size) for size in input_shape)
+        if isinstance(input_shape, torch.Size) and not torch.compiler.is_compiling():
+            shape = tuple(input_shape)  # ints already
+        else:
+            shape = tuple(_size(size) for size in input_shape)
         if len(shape) != self.rank:  # messages formatted only for an error (every call)
             raise fail(
                 "input rank",

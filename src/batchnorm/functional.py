@@ -609,11 +609,15 @@ def batch_norm_checked(
     training: bool,
     batch_weights: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
+    layout: ChannelLayout | None = None,
+    state_checked: bool = False,
 ) -> BatchNormResult:
     """:func:`batch_norm` with its options checked already (:func:`check_options`).
 
     ``state`` holds the statistics by TensorFlow name, those the options need (renorm's and
-    zero-debias' too). The tensors are checked here, per call.
+    zero-debias' too). The tensors are checked here, per call, unless ``state_checked`` says
+    they are a built layer's own (one element per channel of ``layout``, the input's, which
+    the layer checked against its build).
     """
     check(isinstance(x, torch.Tensor), "x", type(x).__name__, "a torch.Tensor")
     check(isinstance(training, bool), "training", training, "True or False")
@@ -629,7 +633,8 @@ def batch_norm_checked(
     if not x.is_floating_point():
         check(not x.is_complex(), "x.dtype", x.dtype, "a real dtype")
         x = x.to(moving_mean.dtype)
-    layout = ChannelLayout.from_axis(options.axis, x.shape)
+    if layout is None:
+        layout = ChannelLayout.from_axis(options.axis, x.shape)
     if options.virtual_batch_size is not None:
         check(
             0 not in layout.axes,
@@ -639,11 +644,12 @@ def batch_norm_checked(
         )
     traced = _traced()
     fast = options.fused is not False and not traced
-    for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
-        if name == "local_step":
-            check(tensor.numel() == 1, "local_step.shape", tuple(tensor.shape), "a scalar")
-        else:
-            _check_per_channel(tensor, name, layout)
+    if not state_checked:
+        for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
+            if name == "local_step":
+                check(tensor.numel() == 1, "local_step.shape", tuple(tensor.shape), "a scalar")
+            else:
+                _check_per_channel(tensor, name, layout)
     if not training:
         output = _inference_output(
             x,

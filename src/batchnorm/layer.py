@@ -500,7 +500,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
-        x, normalise, update = self._prepare_call(inputs, training)
+        x, layout, normalise, update = self._prepare_call(inputs, training)
         result = batch_norm_checked(
             x,
             self._state(),
@@ -510,6 +510,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             training=normalise,
             batch_weights=batch_weights,
             mask=mask,
+            layout=layout,
+            state_checked=True,
         )
         if update and result.update is not None:
             if self.deferred_updates:
@@ -520,21 +522,24 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             self._commit_frozen(result.new_stats)
         return result.output
 
-    def _prepare_call(self, inputs: torch.Tensor, training: Any) -> tuple[torch.Tensor, bool, bool]:
+    def _prepare_call(
+        self, inputs: torch.Tensor, training: Any
+    ) -> tuple[torch.Tensor, ChannelLayout, bool, bool]:
         """Check ``inputs`` against the layer (building it on first use) and resolve ``training``.
 
-        Returns the input cast to the compute dtype, whether to normalise with the batch
-        statistics, and whether to update the moving statistics. Shared by :meth:`forward`
-        and :func:`batchnorm.compat.v1.batch_norm`, which then call the functional.
+        Returns the input cast to the compute dtype, its layout, whether to normalise with the
+        batch statistics, and whether to update the moving statistics. Shared by
+        :meth:`forward` and :func:`batchnorm.compat.v1.batch_norm`, which then call the
+        functional.
         """
         if self._layout is None:  # forward() called directly, without the lazy-module hook
             self.initialize_parameters(inputs, training)
         check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
         normalise, update = self._resolve_training(training)
-        self._layout.with_batch(inputs.shape)
+        layout = self._layout.with_batch(inputs.shape)
         if self.synchronized and normalise:
             _check_single_process(self.name)
-        return self._cast_input(inputs), normalise, update
+        return self._cast_input(inputs), layout, normalise, update
 
     def _commit_frozen(self, new_stats: Mapping[str, torch.Tensor]) -> None:
         """Commit what a frozen layer's training call updates (the V1 class: renorm's pair)."""

@@ -569,7 +569,7 @@ def batch_norm(
         adjustment=adjustment,
         zero_debias_moving_mean=zero_debias_moving_mean,
     )
-    x, normalise, update = layer._prepare_call(inputs, training)
+    x, layout, normalise, update = layer._prepare_call(inputs, training)
     if not trainable and path.name != "core_layer":
         update = normalise  # tf-slim's fused and legacy paths update a frozen layer too
     result = batch_norm_checked(
@@ -580,6 +580,8 @@ def batch_norm(
         options,
         training=normalise,
         batch_weights=batch_weights,
+        layout=layout,
+        state_checked=True,
     )
     new_updates = []
     if update and result.update is not None:
