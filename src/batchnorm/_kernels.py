@@ -73,6 +73,7 @@ __all__ = [
     "FOLDED_APPLY_ROUTES",
     "INFER_ROUTES",
     "INPUT_GRAD_ROUTES",
+    "InferenceCall",
     "REDUCE_ROUTES",
     "NormalizeApply",
     "aten_training",
@@ -414,96 +415,58 @@ APPLY_ROUTES: dict[str, Callable[..., torch.Tensor]] = {
 }
 
 
-def infer(
-    x: torch.Tensor,
-    axes: tuple[int, ...],
-    shape: tuple[int, ...],
-    moving_mean: torch.Tensor,
-    moving_variance: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-    plan: Plan,
-) -> torch.Tensor:
-    """The fast inference pass, ``gamma * (x - moving_mean) * invstd + beta``: ``plan.infer``.
+class InferenceCall(NamedTuple):
+    """What the inference routes read: the input and the per-channel tensors of one call.
 
     ``shape`` is the per-channel tensors' broadcast shape against ``x``; they may have any
     shape with one element per channel.
     """
-    return INFER_ROUTES[plan.infer](
-        x, axes, shape, moving_mean, moving_variance, gamma, beta, epsilon, plan
-    )
+
+    x: torch.Tensor
+    axes: tuple[int, ...]
+    shape: tuple[int, ...]
+    moving_mean: torch.Tensor
+    moving_variance: torch.Tensor
+    gamma: torch.Tensor | None
+    beta: torch.Tensor | None
+    epsilon: float
 
 
-def _aten_inference(
-    x: torch.Tensor,
-    axes: tuple[int, ...],
-    shape: tuple[int, ...],
-    moving_mean: torch.Tensor,
-    moving_variance: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-    plan: Plan,
-) -> torch.Tensor:
+def infer(call: InferenceCall, plan: Plan) -> torch.Tensor:
+    """The fast inference pass, ``gamma * (x - moving_mean) * invstd + beta``: ``plan.infer``."""
+    return INFER_ROUTES[plan.infer](call, plan)
+
+
+def _aten_inference(call: InferenceCall, plan: Plan) -> torch.Tensor:
     """ATen's inference kernel and its autograd (16-bit inputs, NCHW rows)."""
-    return native_inference(x, axes, moving_mean, moving_variance, gamma, beta, epsilon)
+    return native_inference(*call[:2], *call[3:])
 
 
-def _inference_affine(
-    x: torch.Tensor,
-    shape: tuple[int, ...],
-    moving_mean: torch.Tensor,
-    moving_variance: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _inference_affine(call: InferenceCall) -> tuple[torch.Tensor, torch.Tensor]:
     """The moving statistics, gamma and beta folded into one ``(scale, shift)``, per channel."""
-    acc = accumulation_dtype(x.dtype)
+    acc = accumulation_dtype(call.x.dtype)
 
     def viewed(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.reshape(shape).to(acc)
+        return None if t is None else t.reshape(call.shape).to(acc)
 
-    mean, var = viewed(moving_mean), viewed(moving_variance)
-    output = gamma_beta_affine(viewed(gamma), viewed(beta), like=mean)
-    return inference_affine(mean, var, epsilon, output)
+    mean, var = viewed(call.moving_mean), viewed(call.moving_variance)
+    output = gamma_beta_affine(viewed(call.gamma), viewed(call.beta), like=mean)
+    return inference_affine(mean, var, call.epsilon, output)
 
 
-def _folded_inference(
-    x: torch.Tensor,
-    axes: tuple[int, ...],
-    shape: tuple[int, ...],
-    moving_mean: torch.Tensor,
-    moving_variance: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-    plan: Plan,
-) -> torch.Tensor:
+def _folded_inference(call: InferenceCall, plan: Plan) -> torch.Tensor:
     """The folded map applied by the plan's folded apply route, without a graph."""
-    scale, shift = _inference_affine(x, shape, moving_mean, moving_variance, gamma, beta, epsilon)
-    return FOLDED_APPLY_ROUTES[plan.apply](x, axes, scale, shift)
+    return FOLDED_APPLY_ROUTES[plan.apply](call.x, call.axes, *_inference_affine(call))
 
 
-def _recorded_inference(
-    x: torch.Tensor,
-    axes: tuple[int, ...],
-    shape: tuple[int, ...],
-    moving_mean: torch.Tensor,
-    moving_variance: torch.Tensor,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-    plan: Plan,
-) -> torch.Tensor:
+def _recorded_inference(call: InferenceCall, plan: Plan) -> torch.Tensor:
     """The folded map in autograd ops, for inputs that need a gradient."""
-    scale, shift = _inference_affine(x, shape, moving_mean, moving_variance, gamma, beta, epsilon)
-    return scale_and_shift(x.to(scale.dtype), scale, shift).to(x.dtype)
+    scale, shift = _inference_affine(call)
+    return scale_and_shift(call.x.to(scale.dtype), scale, shift).to(call.x.dtype)
 
 
 # The inference routes a plan names (``Plan.infer``).
-INFER_ROUTES: dict[str, Callable[..., torch.Tensor]] = {
+INFER_ROUTES: dict[str, Callable[[InferenceCall, Plan], torch.Tensor]] = {
     "aten": _aten_inference,
     "folded": _folded_inference,
     "autograd": _recorded_inference,

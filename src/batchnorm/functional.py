@@ -37,7 +37,7 @@ from batchnorm._errors import (
     check_virtual_batch,
     fail,
 )
-from batchnorm._kernels import NormalizeApply, aten_training, infer
+from batchnorm._kernels import InferenceCall, NormalizeApply, aten_training, infer
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups, weight_total
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
@@ -361,10 +361,10 @@ def _inference_output(
             t is not None and t.requires_grad
             for t in (x, moving_mean, moving_variance, gamma, beta)
         )
-        plan = plan_for(x, layout.axes, records=records)
-        return infer(
-            x, layout.axes, shape, moving_mean, moving_variance, gamma, beta, epsilon, plan
+        call = InferenceCall(
+            x, layout.axes, shape, moving_mean, moving_variance, gamma, beta, epsilon
         )
+        return infer(call, plan_for(x, layout.axes, records=records))
     acc = accumulation_dtype(x.dtype)
     mean = _per_channel(moving_mean, shape, acc)
     var = _per_channel(moving_variance, shape, acc)
@@ -681,7 +681,8 @@ def batch_norm_checked(
     normalize = _fast_normalize if fast else _reference_normalize
     if wv is None and options.fused is not False and _compiles_as_batch_norm(view):
         normalize = _compiled_normalize
-    y, pooled = normalize(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted)
+    call = TrainingCall(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted)
+    y, pooled = normalize(call)
     update = StatisticsUpdate(
         Moments(*(_shaped_like(t, moving_mean) for t in pooled)),
         options.momentum,
@@ -727,21 +728,26 @@ def _empty_batch_output(
     return view.restore(y)
 
 
-def _fast_normalize(
-    xv: torch.Tensor,
-    view: _View,
-    wv: torch.Tensor | None,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-    renorm_state: RenormState | None,
-    adjusted: Affine | None,
-) -> tuple[torch.Tensor, Moments]:
+class TrainingCall(NamedTuple):
+    """What the training routes read: the viewed input, its weights and the per-channel maps."""
+
+    xv: torch.Tensor  # the input as the passes see it (_View.of)
+    view: _View
+    wv: torch.Tensor | None  # batch weights times the mask, placed against the view
+    gamma: torch.Tensor | None
+    beta: torch.Tensor | None
+    epsilon: float
+    renorm_state: RenormState | None
+    adjusted: Affine | None  # the adjustment's map
+
+
+def _fast_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     """The fast path's training output and pooled batch moments: the plan's routes.
 
     Where the plan takes ATen's whole training kernel (plain options, small inputs), one call
     gives both; otherwise the stats pass, the affine, and the apply.
     """
+    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted = call
     plan = _training_plan(xv, view, wv, adjusted, renorm=renorm_state is not None)
     acc = accumulation_dtype(xv.dtype)
     if plan.training == "aten":  # None where its folded apply would lose precision
@@ -835,16 +841,7 @@ def _compiles_as_batch_norm(view: _View) -> bool:
     )
 
 
-def _compiled_normalize(
-    xv: torch.Tensor,
-    view: _View,
-    wv: torch.Tensor | None,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-    renorm_state: RenormState | None,
-    adjusted: Affine | None,
-) -> tuple[torch.Tensor, Moments]:
+def _compiled_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     r"""An unweighted training call under ``torch.compile``: ATen's batch-norm op, then the affine.
 
     Inductor lowers ``torch.nn.functional.batch_norm`` and its backward to the kernels it gives
@@ -856,6 +853,7 @@ def _compiled_normalize(
     :func:`batchnorm._kernels.aten_training` does eagerly, zeroed running statistics with
     momentum 1 receive each channel's mean and unbiased variance.
     """
+    xv, view, _, gamma, beta, epsilon, renorm_state, adjusted = call  # (unweighted)
     acc = accumulation_dtype(xv.dtype)
     kept = view.axes
     channels = math.prod([view.shape[d] for d in kept])
@@ -878,21 +876,13 @@ def _compiled_normalize(
     return y.to(xv.dtype), pooled
 
 
-def _reference_normalize(
-    xv: torch.Tensor,
-    view: _View,
-    wv: torch.Tensor | None,
-    gamma: torch.Tensor | None,
-    beta: torch.Tensor | None,
-    epsilon: float,
-    renorm_state: RenormState | None,
-    adjusted: Affine | None,
-) -> tuple[torch.Tensor, Moments]:
+def _reference_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     """The reference path's training output and pooled (detached) batch moments.
 
     ``x`` is upcast once, so autograd sums the moments' and the apply's gradients in the
     accumulation dtype.
     """
+    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted = call
     acc = accumulation_dtype(xv.dtype)
     xs = xv.to(acc)
     reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
