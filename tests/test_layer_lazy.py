@@ -167,14 +167,3 @@ def test_torch_compile_builds_an_unbuilt_layer_on_its_first_call():
     eager = bn.BatchNormalization(axis=1, momentum=0.5, input_shape=(3, 4, 4))
     assert lazy.built and type(lazy.gamma) is torch.nn.Parameter
     torch.testing.assert_close(y, eager(x, training=False))
-
-
-def test_synchronized_across_several_processes_refuses_to_train(monkeypatch):
-    """Not built yet (issue 19): an error naming the layer, never per-process statistics."""
-    monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
-    layer = bn.BatchNormalization(synchronized=True, name="bn_sync", input_shape=(3,))
-    with pytest.raises(bn.BatchNormError, match=r"synchronized=True in layer 'bn_sync'.*2 proc"):
-        layer(torch.randn(4, 3), training=True)
-    assert torch.equal(layer.moving_mean, torch.zeros(3))
-    layer(torch.randn(4, 3), training=False)  # inference needs no synchronization

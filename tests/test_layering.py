@@ -29,6 +29,7 @@ LAYERS = {
     "constraints": 1,
     "_reference": 2,
     "_plan": 2,
+    "_sync": 2,
     "_statistics": 2,
     "_kernels": 2,
     "functional": 3,

@@ -39,6 +39,7 @@ __all__ = [
     "no_nan_divide",
     "pool_groups",
     "count_tensor",
+    "merge_moments",
     "weight_total",
     "weighted",
 ]
@@ -152,6 +153,33 @@ def compute_moments(
     centered = xs - mean
     var = no_nan_divide(weighted(centered * centered, weights).sum(dim=dims, keepdim=True), total)
     return Moments(total.expand_as(mean) if total.dim() else total, mean, var)
+
+
+def merge_moments(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> Moments:
+    r"""Merge parts' moments along dimension 0 into one (Chan, Golub and LeVeque).
+
+    Part ``p`` has (weighted) count ``n_p``, mean ``\mu_p`` and centred sum of squares
+    ``M_p``; the whole has
+
+    .. math::
+
+        n = \sum_p n_p, \quad \mu = \frac{\sum_p n_p \mu_p}{n}, \quad
+        \sigma^2 = \frac{\sum_p \left(M_p + n_p (\mu_p - \mu)^2\right)}{n}
+
+    exact to rounding whatever the offset (no sums of squares), with 0 where ``n = 0``.
+    Differentiable; every process that merges the same parts in the same order gets the same
+    bits.
+
+    Example:
+        >>> merged = merge_moments(torch.tensor([2.0, 1.0]), torch.tensor([1.0, 4.0]),
+        ...                        torch.tensor([2.0, 0.0]))  # [0, 2] and [4]
+        >>> merged.count.item(), merged.mean.item(), merged.var.item()
+        (3.0, 2.0, 2.6666667461395264)
+    """
+    total = count.sum(dim=0)
+    merged_mean = no_nan_divide((count * mean).sum(dim=0), total)
+    spread = m2 + count * (mean - merged_mean) ** 2
+    return Moments(total, merged_mean, no_nan_divide(spread.sum(dim=0), total))
 
 
 def pool_groups(moments: Moments, group_dim: int) -> Moments:

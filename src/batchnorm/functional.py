@@ -42,6 +42,7 @@ from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups,
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._statistics import stats_pass
+from batchnorm._sync import Synchronizer, synchronizer_for
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
 from batchnorm._types import Affine, Moments
 
@@ -418,6 +419,8 @@ def batch_norm(
     zero_debias_moving_mean: bool = False,
     moving_mean_biased: torch.Tensor | None = None,
     local_step: torch.Tensor | None = None,
+    synchronized: bool = False,
+    process_group: Any = None,
 ) -> BatchNormResult:
     r"""Batch normalization as TensorFlow defines it, in all its forms, without hidden state.
 
@@ -482,6 +485,14 @@ def batch_norm(
             (like ``moving_mean``) and ``local_step`` (a scalar).
         moving_mean_biased: Zero-debias' biased moving mean, like ``moving_mean``.
         local_step: Zero-debias' step count, a scalar.
+        synchronized: In training, the moments of the global batch of the processes of
+            ``process_group``, as one process on their concatenated batch
+            (:mod:`batchnorm._sync`: one collective forward, one backward). Outside an
+            initialized process group, or in a group of one, one process's moments. Ghost
+            batches are each process's own; their pooled moments, which feed the moving
+            statistics and renorm, are merged across the processes.
+        process_group: The ``torch.distributed`` group to synchronize over (None: the
+            default group).
 
     Returns:
         :class:`BatchNormResult`: the output, the new statistics, and the update itself.
@@ -511,6 +522,8 @@ def batch_norm(
         virtual_batch_layout=virtual_batch_layout,
         adjustment=adjustment,
         zero_debias_moving_mean=zero_debias_moving_mean,
+        synchronized=synchronized,
+        process_group=process_group,
     )
     state = {"moving_mean": moving_mean, "moving_variance": moving_variance}
     if renorm:
@@ -545,6 +558,8 @@ class Options(NamedTuple):
     virtual_batch_layout: str
     adjustment: Adjustment | None
     zero_debias_moving_mean: bool
+    synchronized: bool = False
+    process_group: Any = None
 
 
 def check_options(
@@ -561,6 +576,8 @@ def check_options(
     virtual_batch_layout: str = "strided",
     adjustment: Adjustment | None = None,
     zero_debias_moving_mean: bool = False,
+    synchronized: bool = False,
+    process_group: Any = None,
 ) -> Options:
     """:func:`batch_norm`'s options, checked, as :class:`Options` (defaults as there).
 
@@ -577,7 +594,11 @@ def check_options(
         adjustment,
         "None or a callable (input shape) -> (scale, bias)",
     )
-    for flag, value in (("renorm", renorm), ("zero_debias_moving_mean", zero_debias_moving_mean)):
+    for flag, value in (
+        ("renorm", renorm),
+        ("zero_debias_moving_mean", zero_debias_moving_mean),
+        ("synchronized", synchronized),
+    ):
         check(isinstance(value, bool), flag, value, "True or False")
     check_optional_bool(fused, "fused")
     check_optional_bool(moving_variance_correction, "moving_variance_correction")
@@ -596,6 +617,8 @@ def check_options(
         virtual_batch_layout,
         adjustment,
         zero_debias_moving_mean,
+        synchronized,
+        process_group,
     )
 
 
@@ -643,7 +666,8 @@ def batch_norm_checked(
             "no batch axis (0) among the channel axes when virtual_batch_size is set",
         )
     traced = _traced()
-    fast = options.fused is not False and not traced
+    sync = synchronizer_for(options.synchronized, options.process_group) if training else None
+    fast = options.fused is not False and not traced and sync is None  # (sync: reference ops)
     if not state_checked:
         for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
             if name == "local_step":
@@ -668,7 +692,7 @@ def batch_norm_checked(
     view = _make_view(layout, options.virtual_batch_size, options.virtual_batch_layout)
     xv = view.of(x)
     wv = view.place(weights, "batch_weights and mask") if weights is not None else None
-    if layout.reduced_count == 0:
+    if layout.reduced_count == 0 and sync is None:  # (synchronized: the others' moments)
         return BatchNormResult(_empty_batch_output(xv, view, gamma, beta, options), {})
     adjusted = _adjustment_affine(x, view, options.adjustment, acc)
     renorm_state = None
@@ -679,9 +703,9 @@ def batch_norm_checked(
             options.renorm_clipping,
         )
     normalize = _fast_normalize if fast else _reference_normalize
-    if wv is None and options.fused is not False and _compiles_as_batch_norm(view):
+    if wv is None and sync is None and options.fused is not False and _compiles_as_batch_norm(view):
         normalize = _compiled_normalize
-    call = TrainingCall(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted)
+    call = TrainingCall(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted, sync)
     y, pooled = normalize(call)
     update = StatisticsUpdate(
         Moments(*(_shaped_like(t, moving_mean) for t in pooled)),
@@ -739,6 +763,7 @@ class TrainingCall(NamedTuple):
     epsilon: float
     renorm_state: RenormState | None
     adjusted: Affine | None  # the adjustment's map
+    sync: Synchronizer | None = None  # merges the moments across processes (synchronized)
 
 
 def _fast_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
@@ -747,7 +772,7 @@ def _fast_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     Where the plan takes ATen's whole training kernel (plain options, small inputs), one call
     gives both; otherwise the stats pass, the affine, and the apply.
     """
-    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted = call
+    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted, _ = call
     plan = _training_plan(xv, view, wv, adjusted, renorm=renorm_state is not None)
     acc = accumulation_dtype(xv.dtype)
     if plan.training == "aten":  # None where its folded apply would lose precision
@@ -853,7 +878,7 @@ def _compiled_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     :func:`batchnorm._kernels.aten_training` does eagerly, zeroed running statistics with
     momentum 1 receive each channel's mean and unbiased variance.
     """
-    xv, view, _, gamma, beta, epsilon, renorm_state, adjusted = call  # (unweighted)
+    xv, view, _, gamma, beta, epsilon, renorm_state, adjusted, _ = call  # (unweighted)
     acc = accumulation_dtype(xv.dtype)
     kept = view.axes
     channels = math.prod([view.shape[d] for d in kept])
@@ -880,15 +905,25 @@ def _reference_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     """The reference path's training output and pooled (detached) batch moments.
 
     ``x`` is upcast once, so autograd sums the moments' and the apply's gradients in the
-    accumulation dtype.
+    accumulation dtype. Synchronized, the moments are merged across the processes before they
+    normalise (differentiably: :class:`batchnorm._sync.Synchronizer`); with ghost batches each
+    process normalises with its own groups' moments and only the pooled ones are merged.
     """
-    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted = call
+    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted, sync = call
     acc = accumulation_dtype(xv.dtype)
     xs = xv.to(acc)
     reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
-    moments = compute_moments(xs, reduce_dims, wv)
+    if math.prod([view.shape[d] for d in reduce_dims]) == 0:  # no rows here (synchronized)
+        zeros = xs.sum(dim=reduce_dims, keepdim=True)  # exactly 0, and in the graph
+        moments = Moments(torch.zeros((), dtype=acc), zeros, zeros)
+    else:
+        moments = compute_moments(xs, reduce_dims, wv)
+    if sync is not None and view.group_dim is None:
+        moments = sync.merge(moments)
     pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
     detached = Moments(*(t.detach() for t in pooled))
+    if sync is not None and view.group_dim is not None:
+        detached = sync.merge(detached, within_groups=True)
     gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
     output = _output_affine(detached, gamma_v, beta_v, epsilon, renorm_state, adjusted)
     y = reference_normalize_apply(xs, moments, invstd(moments.var, epsilon), output)

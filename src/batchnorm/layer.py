@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
@@ -83,16 +82,6 @@ def _resolve_dtype(dtype: Any) -> tuple[str, torch.dtype, torch.dtype | None]:
     raise fail("dtype", dtype, expected)
 
 
-def _check_single_process(layer_name: str) -> None:
-    """``synchronized=True`` computes one process's statistics: refuse a multi-process run."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        raise BatchNormError(
-            f"synchronized=True in layer {layer_name!r}: statistics synchronized across the "
-            f"{dist.get_world_size()} processes of the default group are not implemented yet; "
-            "pass synchronized=False for per-process statistics"
-        )
-
-
 def _next_name() -> str:
     index = next(_layer_counter)
     return "batch_normalization" if index == 0 else f"batch_normalization_{index}"
@@ -148,11 +137,14 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             broadcastable to the input, applied to the normalised value before gamma and beta,
             in training only (not serialized by :meth:`get_config`).
         name: Keras name; unique default ``batch_normalization[_N]``.
-        synchronized: Keras' flag for statistics synchronized across replicas. Accepted so
-            that Keras configs and code load; like TensorFlow outside a distribution
-            strategy, a single process computes its own statistics. Training with it in an
-            initialized ``torch.distributed`` group of several processes raises (not
-            implemented yet) rather than silently computing per-process statistics.
+        synchronized: Keras' flag for statistics synchronized across replicas: in training,
+            every process of ``process_group`` normalises with the moments of the global batch
+            (one collective in the forward, one in the backward; see
+            :func:`batchnorm.functional.batch_norm`). Outside an initialized
+            ``torch.distributed`` group, or in a group of one process, a single process
+            computes its own statistics, as TensorFlow does outside a distribution strategy.
+        process_group: The ``torch.distributed`` group ``synchronized`` merges over (None:
+            the default group). Not serialized by :meth:`get_config`.
         zero_debias_moving_mean: tf-slim's debiased moving mean; adds ``moving_mean_biased``
             and ``local_step``.
         deferred_updates: Keep each training call's moving-statistics update pending in
@@ -222,6 +214,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         name: str | None = None,
         *,
         synchronized: bool = False,
+        process_group: Any = None,
         zero_debias_moving_mean: bool = False,
         deferred_updates: bool = False,
         moving_variance_correction: bool | None = None,
@@ -248,6 +241,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             check(isinstance(value, bool), flag, value, "True or False")
         self.renorm = renorm
         self.synchronized = synchronized
+        self.process_group = process_group
         self.renorm_clipping = check_renorm_clipping(renorm_clipping)
         self.renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
         check_virtual_batch(virtual_batch_size, virtual_batch_layout)
@@ -537,8 +531,6 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
         normalise, update = self._resolve_training(training)
         layout = self._layout.with_batch(inputs.shape)
-        if self.synchronized and normalise:
-            _check_single_process(self.name)
         return self._cast_input(inputs), layout, normalise, update
 
     def _commit_frozen(self, new_stats: Mapping[str, torch.Tensor]) -> None:
@@ -572,6 +564,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 virtual_batch_layout=self.virtual_batch_layout,
                 adjustment=self.adjustment,
                 zero_debias_moving_mean=self.zero_debias_moving_mean,
+                synchronized=self.synchronized,
+                process_group=self.process_group,
             )
             self.__dict__["_checked_options"] = options
         return options
@@ -1110,6 +1104,7 @@ _CALL_OPTION_ATTRIBUTES = frozenset(
         "_fused",
         "moving_variance_correction",
         "synchronized",
+        "process_group",
         "renorm",
         "renorm_clipping",
         "renorm_momentum",

@@ -1,0 +1,101 @@
+"""Batch moments merged across the processes of a ``torch.distributed`` group.
+
+``synchronized=True`` in a group of several processes normalises every process's batch with
+the moments of the global batch, as one process would on the concatenated batch. Each process
+computes its local per-channel (weighted) count ``n_r``, mean ``mu_r`` and centred sum of squares
+``M_r``; one ``all_gather`` carries all three for every channel in one tensor, and every process
+merges the same parts in the same order (:func:`batchnorm._moments.merge_moments`), so the
+merged moments, and the moving statistics updated from them, are bit-identical everywhere.
+
+The gather is differentiable: its backward is one ``all_reduce`` of the gradient of the gathered
+parts, of which each process keeps its own row. So the backward of a training step makes
+exactly one collective too, and each process's input gradient is that of the concatenated
+batch (loss summed over processes), as with ``torch.nn.SyncBatchNorm``. Works on gloo (CPU)
+and NCCL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from batchnorm._moments import merge_moments, no_nan_divide
+from batchnorm._types import Moments
+
+__all__ = ["Synchronizer", "synchronizer_for"]
+
+
+def synchronizer_for(synchronized: bool, group: Any = None) -> Synchronizer | None:
+    """The group's :class:`Synchronizer`, or None where a call computes one process's moments.
+
+    None unless ``synchronized``, and also outside an initialized process group or in a group
+    of one process: then the statistics are this process's, which is what TensorFlow computes
+    outside a distribution strategy.
+    """
+    if not synchronized or not dist.is_available() or not dist.is_initialized():
+        return None
+    if dist.get_world_size(group) == 1:
+        return None
+    return Synchronizer(group)
+
+
+class Synchronizer:
+    """The collectives of one synchronized training call in ``group`` (None: the default).
+
+    Example (in every process of an initialized group)::
+
+        sync = Synchronizer(None)
+        merged = sync.merge(local_moments)  # one all_gather
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+
+    def merge(self, moments: Moments, *, within_groups: bool = False) -> Moments:
+        r"""The group's per-channel moments from this process's, in one ``all_gather``.
+
+        ``moments`` are per kept index (any shape), with a per-channel or a single count.
+        Merged by Chan's formula; with ``within_groups`` (ghost batches, whose pooled variance
+        is the mean of the groups' own variances) the spread between processes' means is left
+        out, as :func:`batchnorm._moments.pool_groups` leaves out that between groups:
+        ``var = \sum_r n_r v_r / n``. Differentiable in ``moments`` (see the module docstring).
+        """
+        like = moments.mean
+        count = moments.count.to(device=like.device, dtype=like.dtype).expand_as(like)
+        packed = torch.stack([count, like, moments.var * count]).reshape(3, -1)
+        if torch.is_grad_enabled() and not packed.requires_grad:
+            # Every process must run the backward's collective, also one whose own part needs
+            # no gradient (no rows, or an input without grad): join the graph through a zero.
+            packed = packed + torch.zeros((), dtype=packed.dtype, requires_grad=True)
+        gathered = _Gather.apply(packed, self)
+        counts, means, squares = gathered.unbind(dim=1)
+        if within_groups:
+            total = counts.sum(dim=0)
+            mean = no_nan_divide((counts * means).sum(dim=0), total)
+            merged = Moments(total, mean, no_nan_divide(squares.sum(dim=0), total))
+        else:
+            merged = merge_moments(counts, means, squares)
+        return Moments(*(t.reshape(like.shape) for t in merged))
+
+
+class _Gather(torch.autograd.Function):
+    """``all_gather`` of one tensor per process into ``(world, ...)``; backward ``all_reduce``."""
+
+    @staticmethod
+    def forward(ctx: Any, packed: torch.Tensor, sync: Synchronizer) -> torch.Tensor:  # type: ignore[override]
+        ctx.sync = sync
+        rows = packed.shape[0]  # gathered concatenated along dimension 0, then split
+        gathered = packed.new_empty((sync.world * rows, *packed.shape[1:]))
+        dist.all_gather_into_tensor(gathered, packed.contiguous(), group=sync.group)
+        return gathered.view(sync.world, *packed.shape)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        # Row r of every process's gradient belongs to process r: sum them, keep our row.
+        summed = grad.contiguous().clone()
+        dist.all_reduce(summed, group=ctx.sync.group)
+        return summed[ctx.sync.rank], None

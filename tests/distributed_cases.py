@@ -1,0 +1,240 @@
+"""What each process of a gloo group runs for tests/test_distributed.py (imported by spawn).
+
+Oracle: one process on the concatenated batch, computed in every worker without any
+collective (the functional, or a layer, with ``synchronized=False``). Each process's output and
+input gradient must be its rows of the oracle's (loss summed over processes), the gamma and
+beta gradients summed over processes the oracle's, and the moving statistics the oracle's and
+bit-identical on every process.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+import batchnorm as bn
+
+CHANNELS = 3
+
+
+@dataclass
+class Case:
+    name: str
+    sizes: dict[int, list[int]]  # world size -> batch size of each process
+    dtype: torch.dtype = torch.float64
+    options: dict[str, Any] = field(default_factory=dict)
+    call: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None  # per-row tensors
+    shape: tuple[int, ...] = (CHANNELS, 4, 5)  # per example
+    axis: Any = 1
+    layer: bool = False
+
+
+def _weights(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(7)
+    return {"batch_weights": torch.rand(x.shape[0], generator=generator, dtype=x.dtype)}
+
+
+def _mask(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(8)
+    return {"mask": torch.rand((x.shape[0], 1, *x.shape[2:]), generator=generator) > 0.3}
+
+
+def _adjustment(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    channels = torch.arange(1.0, CHANNELS + 1).view(CHANNELS, 1, 1)
+    return 1 + 0.1 * channels, 0.05 * channels
+
+
+RENORM_STATE = {
+    "renorm": True,
+    "renorm_clipping": {"rmax": 1.5, "rmin": 0.7, "dmax": 0.5},
+    "moving_stddev": torch.full((CHANNELS,), 1.2, dtype=torch.float64),
+    "renorm_mean": torch.full((CHANNELS,), 0.1, dtype=torch.float64),
+    "renorm_stddev": torch.full((CHANNELS,), 1.1, dtype=torch.float64),
+}
+ZERO_DEBIAS_STATE = {
+    "zero_debias_moving_mean": True,
+    "moving_mean_biased": torch.full((CHANNELS,), 0.2, dtype=torch.float64),
+    "local_step": torch.tensor(3.0, dtype=torch.float64),
+}
+UNEQUAL = {2: [3, 5], 3: [3, 5, 2]}
+CASES = [
+    Case("plain float64, unequal batches", UNEQUAL),
+    Case("plain float32", UNEQUAL, dtype=torch.float32),
+    Case("bfloat16 input", {2: [4, 4], 3: [4, 2, 6]}, dtype=torch.bfloat16),
+    Case("a process with no rows", {2: [0, 6], 3: [4, 0, 3]}),
+    Case("renorm", UNEQUAL, options=RENORM_STATE),
+    Case("batch weights", UNEQUAL, call=_weights),
+    Case("mask", UNEQUAL, call=_mask),
+    Case("adjustment", UNEQUAL, options={"adjustment": _adjustment}),
+    Case("zero-debias", UNEQUAL, options=ZERO_DEBIAS_STATE),
+    Case("two channel axes", UNEQUAL, shape=(CHANNELS, 2, 5), axis=[1, 2]),
+    Case(  # each process's own ghost groups: the oracle's contiguous groups, none straddling
+        "ghost batches",
+        {2: [4, 8], 3: [4, 8, 4]},
+        options={"virtual_batch_size": 4, "virtual_batch_layout": "contiguous"},
+    ),
+    Case("the layer, deferred updates", UNEQUAL, layer=True),
+]
+
+
+def _tolerance(dtype: torch.dtype) -> dict[str, float]:
+    return {
+        torch.float64: {"rtol": 1e-6, "atol": 1e-6},
+        torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+        torch.bfloat16: {"rtol": 2e-2, "atol": 2e-2},
+    }[dtype]
+
+
+class CollectiveCounter:
+    """Counts the collectives batchnorm makes (torch.distributed's entry points, wrapped)."""
+
+    NAMES = ("all_gather_into_tensor", "all_gather", "all_reduce", "broadcast", "reduce_scatter")
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.saved = {name: getattr(dist, name) for name in self.NAMES}
+
+    def __enter__(self) -> CollectiveCounter:
+        for name, function in self.saved.items():
+            setattr(dist, name, self._counting(name, function))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, function in self.saved.items():
+            setattr(dist, name, function)
+
+    def _counting(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return function(*args, **kwargs)
+
+        return counted
+
+
+def _inputs(case: Case, total: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn((total, *case.shape), generator=generator, dtype=torch.float64) * 2 + 1
+    dy = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    x = x.to(case.dtype)
+    call = case.call(x) if case.call is not None else {}
+    return x, dy, call
+
+
+def _state(case: Case) -> dict[str, Any]:
+    shape = (CHANNELS, case.shape[1]) if isinstance(case.axis, list) else (CHANNELS,)
+    return {
+        "moving_mean": torch.full(shape, 0.3, dtype=torch.float64),
+        "moving_variance": torch.full(shape, 1.7, dtype=torch.float64),
+    }
+
+
+def _run_functional(
+    case: Case, x: torch.Tensor, dy: torch.Tensor, call: dict[str, Any], synchronized: bool
+) -> dict[str, Any]:
+    state = _state(case)
+    shape = state["moving_mean"].shape
+    gamma = (torch.linspace(0.5, 1.5, shape.numel(), dtype=torch.float64)).reshape(shape)
+    beta = (torch.linspace(-0.2, 0.3, shape.numel(), dtype=torch.float64)).reshape(shape)
+    gamma.requires_grad_(True)
+    beta.requires_grad_(True)
+    xi = x.detach().clone().requires_grad_(True)
+    extra = {k: v.clone() if torch.is_tensor(v) else v for k, v in case.options.items()}
+    result = bn.functional.batch_norm(
+        xi,
+        state["moving_mean"],
+        state["moving_variance"],
+        gamma,
+        beta,
+        training=True,
+        axis=case.axis,
+        momentum=0.6,
+        epsilon=1e-3,
+        synchronized=synchronized,
+        **extra,
+        **call,
+    )
+    (result.output.double() * dy).sum().backward()
+    return {
+        "y": result.output.detach(),
+        "dx": xi.grad,
+        "dgamma": gamma.grad,
+        "dbeta": beta.grad,
+        "stats": result.new_stats,
+    }
+
+
+def _run_layer(
+    case: Case, x: torch.Tensor, dy: torch.Tensor, call: dict[str, Any], synchronized: bool
+) -> dict[str, Any]:
+    layer = bn.BatchNormalization(
+        axis=1,
+        momentum=0.6,
+        input_shape=case.shape,
+        deferred_updates=True,
+        synchronized=synchronized,
+        dtype=torch.float64,
+    )
+    with torch.no_grad():  # the same gamma in every process
+        layer.gamma.copy_(torch.linspace(0.5, 1.5, CHANNELS, dtype=torch.float64))
+    xi = x.detach().clone().requires_grad_(True)
+    (layer(xi, training=True) * dy).sum().backward()
+    layer.apply_updates()
+    return {
+        "y": layer(x, training=False).detach(),  # with the updated statistics
+        "dx": xi.grad,
+        "dgamma": layer.gamma.grad,
+        "dbeta": layer.beta.grad,
+        "stats": {"moving_mean": layer.moving_mean, "moving_variance": layer.moving_variance},
+    }
+
+
+def check_case(case: Case, rank: int, world: int) -> list[str]:
+    """Run ``case`` in this process against the oracle; returns the collectives it made."""
+    sizes = case.sizes[world]
+    x, dy, call = _inputs(case, sum(sizes))
+    run = _run_layer if case.layer else _run_functional
+    oracle = run(case, x, dy, call, synchronized=False)
+    start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
+    mine = {k: v[start:stop] if torch.is_tensor(v) and v.dim() else v for k, v in call.items()}
+    with CollectiveCounter() as counter:
+        got = run(case, x[start:stop], dy[start:stop], mine, synchronized=True)
+    tolerance = _tolerance(case.dtype)
+    label = f"{case.name} (process {rank} of {world})"
+    # (the layer's y: inference with the updated statistics, on this process's rows)
+    torch.testing.assert_close(got["y"], oracle["y"][start:stop], **tolerance, msg=label)
+    torch.testing.assert_close(got["dx"], oracle["dx"][start:stop], **tolerance, msg=label)
+    for name in ("dgamma", "dbeta"):
+        summed = got[name].clone()
+        dist.all_reduce(summed)
+        torch.testing.assert_close(summed, oracle[name], **tolerance, msg=f"{label}: {name}")
+    for name, value in oracle["stats"].items():
+        torch.testing.assert_close(got["stats"][name], value, **tolerance, msg=f"{label}: {name}")
+        everyone = [torch.empty_like(value) for _ in range(world)]
+        dist.all_gather(everyone, got["stats"][name].contiguous())
+        assert all(torch.equal(other, everyone[0]) for other in everyone), f"{label}: {name}"
+    return counter.calls
+
+
+def worker(rank: int, world: int, store: str, report: str) -> None:
+    """One process of the group: every case; process 0 writes the collectives to ``report``."""
+    torch.set_num_threads(1)  # several processes on a 2-core machine
+    dist.init_process_group(
+        "gloo",
+        store=dist.FileStore(store, world),
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=120),  # a hung collective fails the test instead
+    )
+    try:
+        counts = {case.name: check_case(case, rank, world) for case in CASES}
+        if rank == 0:
+            Path(report).write_text(json.dumps(counts))
+    finally:
+        dist.destroy_process_group()
