@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -203,6 +204,7 @@ def check_case(case: Case, rank: int, world: int) -> list[str]:
     oracle = run(case, x, dy, call, synchronized=False)
     start, stop = sum(sizes[:rank]), sum(sizes[: rank + 1])
     mine = {k: v[start:stop] if torch.is_tensor(v) and v.dim() else v for k, v in call.items()}
+    run(case, x[start:stop], dy[start:stop], mine, synchronized=True)  # agrees on signatures
     with CollectiveCounter() as counter:
         got = run(case, x[start:stop], dy[start:stop], mine, synchronized=True)
     tolerance = _tolerance(case.dtype)
@@ -237,4 +239,37 @@ def worker(rank: int, world: int, store: str, report: str) -> None:
         if rank == 0:
             Path(report).write_text(json.dumps(counts))
     finally:
+        dist.destroy_process_group()
+
+
+def disagreeing_worker(rank: int, world: int, store: str, report: str, kind: str) -> None:
+    """Process 1 disagrees (``kind``: channels, dtype, or skips the call); every process writes
+    what it raised, and how long it took, to ``report``.<rank>."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        store=dist.FileStore(store, world),
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=3),  # the bound on waiting for a process
+    )
+    channels = 4 if kind == "channels" and rank == 1 else CHANNELS
+    dtype = torch.float64 if kind == "dtype" and rank == 1 else torch.float32
+    layer = bn.BatchNormalization(
+        axis=1, synchronized=True, name="bn_sync", input_shape=(channels, 5), dtype=dtype
+    )
+    x = torch.randn(4, channels, 5, dtype=dtype)
+    start = time.monotonic()
+    outcome = "no error"
+    try:
+        if not (kind == "skip" and rank == 1):
+            layer(x, training=True).sum().backward()
+    except bn.SynchronizationError as error:
+        outcome = f"{type(error).__name__}: {error}"
+    unchanged = bool(torch.equal(layer.moving_mean, torch.zeros(channels, dtype=dtype)))
+    result = {"outcome": outcome, "seconds": time.monotonic() - start, "unchanged": unchanged}
+    Path(f"{report}.{rank}").write_text(json.dumps(result))
+    if kind == "skip":
+        time.sleep(4)  # outlive the other's timeout, then leave without a collective
+    else:
         dist.destroy_process_group()

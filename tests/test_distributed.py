@@ -7,10 +7,11 @@ here the processes are spawned, and the collectives of one training step counted
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch.multiprocessing
-from distributed_cases import worker
+from distributed_cases import disagreeing_worker, worker
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -26,3 +27,28 @@ def test_synchronized_statistics_equal_one_process_on_the_concatenated_batch(wor
     for name, calls in collectives.items():
         want = ["all_gather_into_tensor"] + ([] if name == "ghost batches" else ["all_reduce"])
         assert calls == want, name
+
+
+@pytest.mark.parametrize("kind", ["channels", "dtype", "skip"])
+def test_a_disagreeing_process_gets_an_error_naming_the_layer_in_bounded_time(kind, tmp_path):
+    """Another channel count or dtype: both processes refuse at once; a process that skips the
+    call: the waiting one fails when the group's timeout (3 s here) runs out. Never a hang,
+    and the moving statistics stay as they were."""
+    report = tmp_path / "outcome"
+    torch.multiprocessing.spawn(
+        disagreeing_worker,
+        args=(2, str(tmp_path / "store"), str(report), kind),
+        nprocs=2,
+        join=True,
+    )
+    waiting = [0] if kind == "skip" else [0, 1]
+    for rank in waiting:
+        result = json.loads(Path(f"{report}.{rank}").read_text())
+        assert result["outcome"].startswith("SynchronizationError: layer 'bn_sync'"), result
+        assert result["unchanged"], result
+        assert result["seconds"] < 30, result
+    if kind == "dtype":
+        assert "process 1: 3 channels, torch.float64" in result["outcome"]
+    if kind == "channels":
+        assert "process 0: 3 channels" in result["outcome"]
+        assert "process 1: 4 channels" in result["outcome"]

@@ -10,7 +10,7 @@ Example:
 """
 
 from batchnorm import compat, constraints, functional, initializers, regularizers
-from batchnorm._errors import BatchNormError
+from batchnorm._errors import BatchNormError, SynchronizationError
 from batchnorm.layer import BatchNormalization, apply_updates, discard_updates
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "functional",
     "initializers",
     "regularizers",
+    "SynchronizationError",
 ]
 
 __version__ = "0.1.0"

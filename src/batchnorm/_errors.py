@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "BatchNormError",
+    "SynchronizationError",
     "check",
     "check_epsilon",
     "check_momentum",
@@ -26,6 +27,10 @@ __all__ = [
 
 class BatchNormError(ValueError):
     """A bad argument or input. Subclasses ``ValueError`` so Keras-style ``except`` still works."""
+
+
+class SynchronizationError(BatchNormError):
+    """The processes of a synchronized call disagree (channels, dtype) or one did not call."""
 
 
 def fail(argument: str, value: Any, expected: str) -> BatchNormError:

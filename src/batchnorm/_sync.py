@@ -16,11 +16,14 @@ and NCCL.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+from batchnorm._errors import SynchronizationError
 from batchnorm._moments import merge_moments, no_nan_divide
 from batchnorm._types import Moments
 
@@ -55,7 +58,9 @@ class Synchronizer:
         self.world = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
 
-    def merge(self, moments: Moments, *, within_groups: bool = False) -> Moments:
+    def merge(
+        self, moments: Moments, input_dtype: torch.dtype, *, within_groups: bool = False
+    ) -> Moments:
         r"""The group's per-channel moments from this process's, in one ``all_gather``.
 
         ``moments`` are per kept index (any shape), with a per-channel or a single count.
@@ -63,16 +68,27 @@ class Synchronizer:
         is the mean of the groups' own variances) the spread between processes' means is left
         out, as :func:`batchnorm._moments.pool_groups` leaves out that between groups:
         ``var = \sum_r n_r v_r / n``. Differentiable in ``moments`` (see the module docstring).
+
+        The parts travel in float64. The first call of each (group, channel count, input
+        dtype) first gathers those two numbers from every process (:meth:`_agree`), so that
+        processes that disagree refuse together instead of corrupting the collective.
+
+        Raises:
+            SynchronizationError: if the processes' channels or input dtypes differ, or the
+                collective fails (a process that does not call fails it when the process
+                group's timeout runs out).
         """
         like = moments.mean
+        self._agree(like.numel(), input_dtype, like.device)
         count = moments.count.to(device=like.device, dtype=like.dtype).expand_as(like)
         packed = torch.stack([count, like, moments.var * count]).reshape(3, -1)
+        packed = packed.to(torch.float64)
         if torch.is_grad_enabled() and not packed.requires_grad:
             # Every process must run the backward's collective, also one whose own part needs
             # no gradient (no rows, or an input without grad): join the graph through a zero.
             packed = packed + torch.zeros((), dtype=packed.dtype, requires_grad=True)
         gathered = _Gather.apply(packed, self)
-        counts, means, squares = gathered.unbind(dim=1)
+        counts, means, squares = gathered.to(like.dtype).unbind(dim=1)
         if within_groups:
             total = counts.sum(dim=0)
             mean = no_nan_divide((counts * means).sum(dim=0), total)
@@ -80,6 +96,59 @@ class Synchronizer:
         else:
             merged = merge_moments(counts, means, squares)
         return Moments(*(t.reshape(like.shape) for t in merged))
+
+    def _agree(self, channels: int, input_dtype: torch.dtype, device: torch.device) -> None:
+        """Check once per signature that every process has these channels and input dtype.
+
+        One small ``all_gather`` (and a host read) on the first call of a signature only: a
+        layer's channels are fixed once built, so later calls need no check, and a process
+        that skips a call is caught by the group's timeout instead.
+        """
+        group = self.group if self.group is not None else dist.group.WORLD
+        key = (id(group), self.world, channels, input_dtype)
+        if key in _AGREED:
+            return
+        mine = torch.tensor([channels, _code(input_dtype)], dtype=torch.float64, device=device)
+        everyone = mine.new_empty(self.world * 2)
+        with _collective("all_gather of the channel counts and dtypes", self.group):
+            dist.all_gather_into_tensor(everyone, mine, group=self.group)
+        rows = [tuple(int(v) for v in row) for row in everyone.view(self.world, 2).tolist()]
+        if len(set(rows)) > 1:
+            described = ", ".join(
+                f"process {rank}: {c} channels, {_DTYPES[code]}"
+                for rank, (c, code) in enumerate(rows)
+            )
+            raise SynchronizationError(
+                "synchronized statistics need the same channels and input dtype in every "
+                f"process of the group ({described})"
+            )
+        _AGREED.add(key)
+
+
+# The signatures every process of a group agreed on: (group, world size, channels, dtype).
+_AGREED: set[tuple[Any, ...]] = set()
+
+
+# Input dtypes as the numbers the gathered parts carry (float64 holds them exactly).
+_DTYPES = {1: torch.float32, 2: torch.float64, 3: torch.bfloat16, 4: torch.float16}
+
+
+def _code(dtype: torch.dtype) -> int:
+    return next(code for code, known in _DTYPES.items() if known == dtype)
+
+
+@contextlib.contextmanager
+def _collective(operation: str, group: Any) -> Iterator[None]:
+    """Turn a failed collective (a gloo or NCCL RuntimeError) into a SynchronizationError."""
+    try:
+        yield
+    except RuntimeError as error:
+        raise SynchronizationError(
+            f"synchronized statistics: the {operation} over the "
+            f"{dist.get_world_size(group)} processes of the group failed ({error}). Every "
+            "process must make the same training calls, with the same channels, within the "
+            "process group's timeout (init_process_group(timeout=...))"
+        ) from error
 
 
 class _Gather(torch.autograd.Function):
@@ -90,12 +159,14 @@ class _Gather(torch.autograd.Function):
         ctx.sync = sync
         rows = packed.shape[0]  # gathered concatenated along dimension 0, then split
         gathered = packed.new_empty((sync.world * rows, *packed.shape[1:]))
-        dist.all_gather_into_tensor(gathered, packed.contiguous(), group=sync.group)
+        with _collective("all_gather of the batch moments", sync.group):
+            dist.all_gather_into_tensor(gathered, packed.contiguous(), group=sync.group)
         return gathered.view(sync.world, *packed.shape)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         # Row r of every process's gradient belongs to process r: sum them, keep our row.
         summed = grad.contiguous().clone()
-        dist.all_reduce(summed, group=ctx.sync.group)
+        with _collective("all_reduce of the moments' gradient (backward)", ctx.sync.group):
+            dist.all_reduce(summed, group=ctx.sync.group)
         return summed[ctx.sync.rank], None

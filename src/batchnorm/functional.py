@@ -919,11 +919,11 @@ def _reference_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     else:
         moments = compute_moments(xs, reduce_dims, wv)
     if sync is not None and view.group_dim is None:
-        moments = sync.merge(moments)
+        moments = sync.merge(moments, xv.dtype)
     pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
     detached = Moments(*(t.detach() for t in pooled))
     if sync is not None and view.group_dim is not None:
-        detached = sync.merge(detached, within_groups=True)
+        detached = sync.merge(detached, xv.dtype, within_groups=True)
     gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
     output = _output_affine(detached, gamma_v, beta_v, epsilon, renorm_state, adjusted)
     y = reference_normalize_apply(xs, moments, invstd(moments.var, epsilon), output)

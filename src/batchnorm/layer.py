@@ -22,6 +22,7 @@ from batchnorm import constraints, initializers, regularizers
 from batchnorm._axes import AxisArgument, ChannelLayout, validate_axis_argument
 from batchnorm._errors import (
     BatchNormError,
+    SynchronizationError,
     check,
     check_epsilon,
     check_momentum,
@@ -495,18 +496,21 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
         x, layout, normalise, update = self._prepare_call(inputs, training)
-        result = batch_norm_checked(
-            x,
-            self._state(),
-            self.gamma,
-            self.beta,
-            self._call_options(),
-            training=normalise,
-            batch_weights=batch_weights,
-            mask=mask,
-            layout=layout,
-            state_checked=True,
-        )
+        try:
+            result = batch_norm_checked(
+                x,
+                self._state(),
+                self.gamma,
+                self.beta,
+                self._call_options(),
+                training=normalise,
+                batch_weights=batch_weights,
+                mask=mask,
+                layout=layout,
+                state_checked=True,
+            )
+        except SynchronizationError as error:  # which layer disagreed
+            raise SynchronizationError(f"layer {self.name!r}: {error}") from error
         if update and result.update is not None:
             if self.deferred_updates:
                 self._pending.append(PendingUpdate(self, result.update))
