@@ -96,7 +96,7 @@ def _tolerance(dtype: torch.dtype) -> dict[str, float]:
 class CollectiveCounter:
     """Counts the collectives batchnorm makes (torch.distributed's entry points, wrapped)."""
 
-    NAMES = ("all_gather_into_tensor", "all_gather", "all_reduce", "broadcast", "reduce_scatter")
+    NAMES = ("all_gather_single", "all_gather_into_tensor", "all_gather", "all_reduce", "broadcast")
 
     def __init__(self) -> None:
         self.calls: list[str] = []

@@ -25,7 +25,7 @@ def test_synchronized_statistics_equal_one_process_on_the_concatenated_batch(wor
     # ghost batches normalise with each process's own groups, so only their pooled moments
     # (for the moving statistics) are gathered, and nothing flows back.
     for name, calls in collectives.items():
-        want = ["all_gather_into_tensor"] + ([] if name == "ghost batches" else ["all_reduce"])
+        want = ["all_gather_single"] + ([] if name == "ghost batches" else ["all_reduce"])
         assert calls == want, name
 
 

@@ -9,8 +9,9 @@ Example:
 
 """
 
-from batchnorm import compat, constraints, functional, initializers, regularizers
+from batchnorm import compat, constraints, convert, functional, initializers, regularizers
 from batchnorm._errors import BatchNormError, SynchronizationError
+from batchnorm.convert import convert_sync_batchnorm
 from batchnorm.layer import BatchNormalization, apply_updates, discard_updates
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "apply_updates",
     "compat",
     "constraints",
+    "convert",
+    "convert_sync_batchnorm",
     "discard_updates",
     "functional",
     "initializers",

@@ -111,7 +111,7 @@ class Synchronizer:
         mine = torch.tensor([channels, _code(input_dtype)], dtype=torch.float64, device=device)
         everyone = mine.new_empty(self.world * 2)
         with _collective("all_gather of the channel counts and dtypes", self.group):
-            dist.all_gather_into_tensor(everyone, mine, group=self.group)
+            dist.all_gather_single(everyone, mine, group=self.group)
         rows = [tuple(int(v) for v in row) for row in everyone.view(self.world, 2).tolist()]
         if len(set(rows)) > 1:
             described = ", ".join(
@@ -160,7 +160,7 @@ class _Gather(torch.autograd.Function):
         rows = packed.shape[0]  # gathered concatenated along dimension 0, then split
         gathered = packed.new_empty((sync.world * rows, *packed.shape[1:]))
         with _collective("all_gather of the batch moments", sync.group):
-            dist.all_gather_into_tensor(gathered, packed.contiguous(), group=sync.group)
+            dist.all_gather_single(gathered, packed.contiguous(), group=sync.group)
         return gathered.view(sync.world, *packed.shape)
 
     @staticmethod
