@@ -52,6 +52,12 @@ def _adjustment(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
     return 1 + 0.1 * channels, 0.05 * channels
 
 
+def _spatial_adjustment(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """Varies along the reduced spatial axes too: not per channel (the composite backward)."""
+    spatial = torch.linspace(0.9, 1.1, shape[2] * shape[3]).view(1, 1, shape[2], shape[3])
+    return spatial.expand(1, CHANNELS, -1, -1), 0.1 * spatial
+
+
 RENORM_STATE = {
     "renorm": True,
     "renorm_clipping": {"rmax": 1.5, "rmin": 0.7, "dmax": 0.5},
@@ -82,6 +88,16 @@ CASES = [
         options={"virtual_batch_size": 4, "virtual_batch_layout": "contiguous"},
     ),
     Case("the layer, deferred updates", UNEQUAL, layer=True),
+    Case(
+        "an adjustment along the spatial axes", UNEQUAL, options={"adjustment": _spatial_adjustment}
+    ),
+    Case("reference path", UNEQUAL, options={"fused": False}),
+    Case(
+        "reference path, a process with no rows",
+        {2: [0, 6], 3: [4, 0, 3]},
+        options={"fused": False},
+    ),
+    Case("reference path, mask", UNEQUAL, call=_mask, options={"fused": False}),
 ]
 
 

@@ -391,6 +391,7 @@ def test_accelerators_never_read_the_fold_on_the_host():
         True,
         True,
         False,
+        False,
         _plan._threshold_values(),
     )
     assert plan.fold == "never" and plan.training == "passes"

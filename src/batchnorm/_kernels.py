@@ -48,6 +48,7 @@ import torch
 from batchnorm import _thresholds
 from batchnorm._affine import gamma_beta_affine, host_factor, inference_affine, invstd
 from batchnorm._aten import aten_input, aten_slices, aten_vector, native_inference
+from batchnorm._errors import BatchNormError
 from batchnorm._moments import (
     accumulation_dtype,
     compute_moments,
@@ -66,6 +67,7 @@ from batchnorm._reductions import (
     upcast_blocks,
     viewed_like,
 )
+from batchnorm._sync import Synchronizer
 from batchnorm._types import Moments
 
 __all__ = [
@@ -136,10 +138,13 @@ class NormalizeApply(torch.autograd.Function):
         axes: tuple[int, ...],
         epsilon: float,
         plan: Plan,
+        sync: Synchronizer | None = None,
+        total: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The apply pass: one multiply-add over ``x`` (the plan's apply route)."""
         ctx.save_for_backward(x, weights, mean, invstd, scale)
         ctx.axes, ctx.epsilon, ctx.plan = axes, epsilon, plan
+        ctx.sync, ctx.total = sync, total
         ctx.shift_shape = shift.shape
         ctx.needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[4], ctx.needs_input_grad[5])
         # Decided once here, and kept for the backward's input gradient.
@@ -158,11 +163,24 @@ class NormalizeApply(torch.autograd.Function):
         x, weights, mean, invstd, scale = ctx.saved_tensors
         need_x, need_scale, need_shift = ctx.needs
         inputs = BackwardInputs(
-            x, dy, weights, mean, invstd, scale, ctx.shift_shape, ctx.axes, ctx.needs, ctx.fold
+            x,
+            dy,
+            weights,
+            mean,
+            invstd,
+            scale,
+            ctx.shift_shape,
+            ctx.axes,
+            ctx.needs,
+            ctx.fold,
+            ctx.total,
         )
         inputs = _like_x(inputs)
-        sums = REDUCE_ROUTES[ctx.plan.reduce](inputs)
-        dx = INPUT_GRAD_ROUTES[ctx.plan.input_grad](inputs, sums) if need_x else None
+        sums = REDUCE_ROUTES[ctx.plan.reduce](inputs)  # this process's
+        # Synchronized: the input gradient takes the group's sums (one all_reduce); scale and
+        # shift get this process's, which DDP's gradient all-reduce combines.
+        summed = sums if ctx.sync is None else Sums(None, *ctx.sync.sum(sums.dscale, sums.dshift))
+        dx = INPUT_GRAD_ROUTES[ctx.plan.input_grad](inputs, summed) if need_x else None
         return (
             dx,
             None,
@@ -170,6 +188,8 @@ class NormalizeApply(torch.autograd.Function):
             None,
             sums.dscale.sum_to_size(scale.shape) if need_scale else None,
             sums.dshift.sum_to_size(ctx.shift_shape) if need_shift else None,
+            None,
+            None,
             None,
             None,
             None,
@@ -189,6 +209,7 @@ class BackwardInputs(NamedTuple):
     axes: tuple[int, ...]
     needs: tuple[bool, bool, bool]  # gradients of x, scale, shift
     fold: bool  # whether the input gradient may fold the mean (the forward's decision)
+    total: torch.Tensor | None = None  # the group's weight total (synchronized), else local
 
 
 class Sums(NamedTuple):
@@ -209,6 +230,12 @@ def _recorded_backward(
     (:func:`batchnorm._moments.compute_moments`), and differentiated with ``create_graph``, so
     a second backward sees how the moments depend on ``x``. ``shift`` only adds ``sum(dy)``.
     """
+    if ctx.sync is not None:
+        raise BatchNormError(
+            "a synchronized call's backward cannot be differentiated again on the fast path "
+            "(create_graph=True): pass fused=False, whose plain ops differentiate through the "
+            "collectives"
+        )
     x, weights, mean, _, scale = ctx.saved_tensors
     need_x, need_scale, need_shift = ctx.needs
     acc = mean.dtype
@@ -223,7 +250,7 @@ def _recorded_backward(
     dx = grads.pop(0).to(x.dtype) if need_x else None
     dscale = grads.pop(0) if need_scale else None
     dshift = dy.to(acc).sum_to_size(ctx.shift_shape) if need_shift else None
-    return dx, None, None, None, dscale, dshift, None, None, None
+    return dx, None, None, None, dscale, dshift, None, None, None, None, None
 
 
 def _folds_within_limit(mean: torch.Tensor, invstd: torch.Tensor) -> bool:
@@ -520,7 +547,9 @@ def _aten_reduce(inputs: BackwardInputs) -> Sums:
     x, dy, mean = inputs.x, inputs.dy, inputs.mean
     block, restore = aten_input(x, inputs.axes)  # the plan checked that it has a block view
     dy_block, _ = aten_input(dy, inputs.axes)  # dy has x's strides, hence a block view too
-    needs = inputs.needs if inputs.weights is None else (False, True, True)
+    # ATen's dx is right only unweighted and unsynchronized (its counts are this process's).
+    local = inputs.weights is None and inputs.total is None
+    needs = inputs.needs if local else (False, True, True)
     dx, dscale, dshift = torch.ops.aten.native_batch_norm_backward(
         dy_block,
         block,
@@ -616,6 +645,7 @@ def _blocked_input_gradient(inputs: BackwardInputs, sums: Sums) -> torch.Tensor:
         sums.dscale,
         inputs.axes,
         inputs.fold,
+        inputs.total,
     )
 
 
@@ -646,6 +676,7 @@ def _input_gradient(
     sum_dy_x_hat: torch.Tensor,
     axes: Sequence[int],
     within_limit: bool,
+    total: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""The backward apply for a per-kept-index ``scale``, a cache-sized block at a time.
 
@@ -659,11 +690,15 @@ def _input_gradient(
     products and 16-bit upcasts are formed in reused scratch while each block is in cache,
     where whole-tensor ops would make four passes more. Per-example weights fold into
     per-row coefficients, and, as in :func:`_apply` and within the same ``FOLD_LIMIT``, the
-    mean into the shift: ``dx = A \sigma^{-1} dy + x c_1 + (c_0 - \mu c_1)``.
+    mean into the shift: ``dx = A \sigma^{-1} dy + x c_1 + (c_0 - \mu c_1)``. ``W`` is
+    ``total`` where given (the group's, with the group's sums: synchronized), else this
+    input's.
     """
     acc = mean.dtype
     reduce_dims = [d for d in range(x.dim()) if d not in axes]
-    total = weight_total(weights, x.shape, reduce_dims).to(acc)
+    if total is None:
+        total = weight_total(weights, x.shape, reduce_dims)
+    total = total.to(device=x.device, dtype=acc)
     dy_scale = scale * invstd
     c0 = no_nan_divide(-dy_scale * sum_dy, total)
     c1 = no_nan_divide(-dy_scale * invstd * sum_dy_x_hat, total)

@@ -117,6 +117,7 @@ def plan_for(
     per_channel: bool = True,
     plain: bool = False,
     records: bool = False,
+    synchronized: bool = False,
 ) -> Plan:
     """The plan for ``x`` with kept ``axes``, cached per signature.
 
@@ -125,7 +126,9 @@ def plan_for(
     whose results vary along reduced dimensions); ``records`` whether inference must build
     a graph (an input needs a gradient); ``plain`` whether the training call has none of the
     options that compose into the affine or weight the statistics (renorm, adjustment, ghost
-    batches, weights, masks), so that ATen's training kernel computes it all.
+    batches, weights, masks), so that ATen's training kernel computes it all;
+    ``synchronized`` whether the backward takes the group's sums (then ATen's kernel, whose
+    counts are this process's, makes no input gradient).
     """
     key = (
         x.shape,
@@ -137,6 +140,7 @@ def plan_for(
         per_channel,
         plain,
         records,
+        synchronized,
         _threshold_values(),
     )
     plan = _PLANS.get(key)
@@ -171,6 +175,7 @@ def _decide(
     per_channel: bool,
     plain: bool,
     records: bool,
+    synchronized: bool,
     thresholds: tuple[float, ...],
 ) -> Plan:
     """Every route for one signature; a meta tensor stands in for the data."""
@@ -200,7 +205,8 @@ def _decide(
             reduce = "aten_slices"
         else:
             reduce = "blocked"
-        input_grad = "aten" if reduce == "aten" and weights is None else "blocked"
+        local = weights is None and not synchronized
+        input_grad = "aten" if reduce == "aten" and local else "blocked"
     infer = "aten" if aten_applies else "autograd" if records else "folded"
     uses_regroup = (stats == "aten_slices" and slices.regrouped) or (
         reduce == "aten_slices" and reduce_slices.regrouped
@@ -208,6 +214,7 @@ def _decide(
     channels = prod(shape[d] for d in axes)
     aten_training = (
         plain
+        and not synchronized
         and device == "cpu"  # ATen's CPU kernel; elsewhere untested, the passes run
         and has_block_view
         and sizes is not None

@@ -97,6 +97,19 @@ class Synchronizer:
             merged = merge_moments(counts, means, squares)
         return Moments(*(t.reshape(like.shape) for t in merged))
 
+    def sum(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Each tensor summed over the group's processes, in one ``all_reduce`` of them packed.
+
+        The fast path's backward: the per-channel sums ``sum(dy)`` and ``sum(dy * x_hat)``.
+        """
+        packed = torch.cat([t.reshape(-1) for t in tensors])
+        with _collective("all_reduce of the gradient sums (backward)", self.group):
+            dist.all_reduce(packed, group=self.group)
+        return [
+            part.view(t.shape)
+            for part, t in zip(packed.split([t.numel() for t in tensors]), tensors, strict=True)
+        ]
+
     def _agree(self, channels: int, input_dtype: torch.dtype, device: torch.device) -> None:
         """Check once per signature that every process has these channels and input dtype.
 

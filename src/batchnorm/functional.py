@@ -667,7 +667,7 @@ def batch_norm_checked(
         )
     traced = _traced()
     sync = synchronizer_for(options.synchronized, options.process_group) if training else None
-    fast = options.fused is not False and not traced and sync is None  # (sync: reference ops)
+    fast = options.fused is not False and not traced
     if not state_checked:
         for name, tensor in {**state, "gamma": gamma, "beta": beta}.items():
             if name == "local_step":
@@ -770,10 +770,16 @@ def _fast_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     """The fast path's training output and pooled batch moments: the plan's routes.
 
     Where the plan takes ATen's whole training kernel (plain options, small inputs), one call
-    gives both; otherwise the stats pass, the affine, and the apply.
+    gives both; otherwise the stats pass, the affine, and the apply. Synchronized, the stats
+    pass's moments are merged across the processes (ghost batches: only the pooled ones) and
+    the apply's backward sums too; an affine that is not per channel takes the reference
+    path's ops, which differentiate through the merge.
     """
-    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted, _ = call
-    plan = _training_plan(xv, view, wv, adjusted, renorm=renorm_state is not None)
+    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted, sync = call
+    synced = sync is not None and view.group_dim is None
+    plan = _training_plan(
+        xv, view, wv, adjusted, renorm=renorm_state is not None, synchronized=synced
+    )
     acc = accumulation_dtype(xv.dtype)
     if plan.training == "aten":  # None where its folded apply would lose precision
         trained = aten_training(
@@ -781,25 +787,61 @@ def _fast_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
         )
         if trained is not None:
             return trained
-    moments = stats_pass(xv, view.axes, wv, plan)  # builds no graph
-    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+    if sync is not None and plan.reduce == "composite":
+        return _reference_normalize(call)
+    moments = _local_moments(xv, view, wv, plan)  # builds no graph
+    with torch.no_grad():
+        if synced:
+            moments = sync.merge(moments, xv.dtype)
+        pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+        if sync is not None and not synced:
+            pooled = sync.merge(pooled, xv.dtype, within_groups=True)
     gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
     output = _output_affine(pooled, gamma_v, beta_v, epsilon, renorm_state, adjusted)
     inv = invstd(moments.var, epsilon)
     y = NormalizeApply.apply(
-        xv, wv, moments.mean, inv, output.scale, output.shift, view.axes, epsilon, plan
+        xv,
+        wv,
+        moments.mean,
+        inv,
+        output.scale,
+        output.shift,
+        view.axes,
+        epsilon,
+        plan,
+        sync if synced else None,
+        moments.count if synced else None,
     )
     return y, pooled
 
 
+def _local_moments(xv: torch.Tensor, view: _View, wv: torch.Tensor | None, plan: Plan) -> Moments:
+    """The stats pass's moments; zeros with a zero count for a view with no rows."""
+    reduced = [s for d, s in enumerate(view.shape) if d not in view.axes]
+    if math.prod(reduced) == 0:  # (only synchronized calls get here without rows)
+        acc = accumulation_dtype(xv.dtype)
+        keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
+        zeros = torch.zeros(keep, dtype=acc, device=xv.device)
+        return Moments(torch.zeros((), dtype=acc), zeros, zeros)
+    return stats_pass(xv, view.axes, wv, plan)
+
+
 def _training_plan(
-    xv: torch.Tensor, view: _View, wv: torch.Tensor | None, adjusted: Affine | None, *, renorm: bool
+    xv: torch.Tensor,
+    view: _View,
+    wv: torch.Tensor | None,
+    adjusted: Affine | None,
+    *,
+    renorm: bool,
+    synchronized: bool = False,
 ) -> Plan:
     """The fast path's plan for a training call on the view ``xv``."""
     keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
     per_channel = adjusted is None or broadcasts_to(keep, *(t.shape for t in adjusted))
     plain = wv is None and view.group_dim is None and adjusted is None and not renorm
-    return plan_for(xv, view.axes, wv, per_channel=per_channel, plain=plain)
+    return plan_for(
+        xv, view.axes, wv, per_channel=per_channel, plain=plain, synchronized=synchronized
+    )
 
 
 def routes(
