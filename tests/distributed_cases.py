@@ -240,16 +240,21 @@ def check_case(case: Case, rank: int, world: int) -> list[str]:
     return counter.calls
 
 
-def worker(rank: int, world: int, store: str, report: str) -> None:
-    """One process of the group: every case; process 0 writes the collectives to ``report``."""
+def _join(rank: int, world: int, store: str, timeout_s: float) -> None:
+    """Join the gloo group; a collective that waits longer than ``timeout_s`` fails."""
     torch.set_num_threads(1)  # several processes on a 2-core machine
     dist.init_process_group(
         "gloo",
         store=dist.FileStore(store, world),
         rank=rank,
         world_size=world,
-        timeout=datetime.timedelta(seconds=120),  # a hung collective fails the test instead
+        timeout=datetime.timedelta(seconds=timeout_s),
     )
+
+
+def worker(rank: int, world: int, store: str, report: str) -> None:
+    """One process of the group: every case; process 0 writes the collectives to ``report``."""
+    _join(rank, world, store, 120)  # a hung collective fails the test instead
     try:
         counts = {case.name: check_case(case, rank, world) for case in CASES}
         if rank == 0:
@@ -261,14 +266,7 @@ def worker(rank: int, world: int, store: str, report: str) -> None:
 def disagreeing_worker(rank: int, world: int, store: str, report: str, kind: str) -> None:
     """Process 1 disagrees (``kind``: channels, dtype, or skips the call); every process writes
     what it raised, and how long it took, to ``report``.<rank>."""
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        store=dist.FileStore(store, world),
-        rank=rank,
-        world_size=world,
-        timeout=datetime.timedelta(seconds=3),  # the bound on waiting for a process
-    )
+    _join(rank, world, store, 3)  # the bound on waiting for a process
     channels = 4 if kind == "channels" and rank == 1 else CHANNELS
     dtype = torch.float64 if kind == "dtype" and rank == 1 else torch.float32
     layer = bn.BatchNormalization(
