@@ -287,3 +287,34 @@ def disagreeing_worker(rank: int, world: int, store: str, report: str, kind: str
         time.sleep(4)  # outlive the other's timeout, then leave without a collective
     else:
         dist.destroy_process_group()
+
+
+def compiling_worker(rank: int, world: int, store: str, report: str) -> None:
+    """A synchronized layer under ``torch.compile(fullgraph=True, dynamic=True)`` (a graph
+    break would raise) against the same layer eager, over two batch sizes; process 0 writes
+    the options that compiled."""
+    _join(rank, world, store, 300)
+    torch._dynamo.reset()
+    results = {}
+    for name, call in (("plain", None), ("mask", _mask)):
+        eager = bn.BatchNormalization(
+            axis=1, synchronized=True, momentum=0.5, input_shape=(3, 4, 5)
+        )
+        twin = bn.BatchNormalization(axis=1, synchronized=True, momentum=0.5, input_shape=(3, 4, 5))
+        compiled = torch.compile(twin, fullgraph=True, dynamic=True)
+        for batch in (4, 3):
+            x, dy, extra = _inputs(Case(name, {}, dtype=torch.float32, call=call), batch)
+            x = x + rank  # the processes' batches differ
+            outputs = []
+            for layer in (eager, compiled):
+                xi = x.clone().requires_grad_(True)
+                y = layer(xi, training=True, **extra)
+                (y * dy.float()).sum().backward()
+                outputs.append((y.detach(), xi.grad))
+            for got, want in zip(outputs[1], outputs[0], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5, msg=name)
+            torch.testing.assert_close(twin.moving_variance, eager.moving_variance, msg=name)
+        results[name] = "equal to eager"
+    if rank == 0:
+        Path(report).write_text(json.dumps(results))
+    dist.destroy_process_group()

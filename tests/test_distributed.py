@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch.multiprocessing
-from distributed_cases import disagreeing_worker, worker
+from distributed_cases import compiling_worker, disagreeing_worker, worker
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -52,3 +52,12 @@ def test_a_disagreeing_process_gets_an_error_naming_the_layer_in_bounded_time(ki
     if kind == "channels":
         assert "process 0: 3 channels" in result["outcome"]
         assert "process 1: 4 channels" in result["outcome"]
+
+
+def test_synchronized_calls_compile_without_graph_breaks(tmp_path):
+    """fullgraph=True with dynamic shapes, the collectives traced, equal to eager on 2 processes."""
+    report = tmp_path / "breaks.json"
+    torch.multiprocessing.spawn(
+        compiling_worker, args=(2, str(tmp_path / "store"), str(report)), nprocs=2, join=True
+    )
+    assert json.loads(report.read_text()) == {"plain": "equal to eager", "mask": "equal to eager"}
