@@ -10,8 +10,8 @@ merged moments, and the moving statistics updated from them, are bit-identical e
 The gather is differentiable: its backward is one ``all_reduce`` of the gradient of the gathered
 parts, of which each process keeps its own row. So the backward of a training step makes
 exactly one collective too, and each process's input gradient is that of the concatenated
-batch (loss summed over processes), as with ``torch.nn.SyncBatchNorm``. Works on gloo (CPU)
-and NCCL.
+batch (loss summed over processes), as with ``torch.nn.SyncBatchNorm``. Written for gloo (CPU)
+and NCCL (the collectives both have); tested on gloo.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Synchronizer:
     Example (in every process of an initialized group)::
 
         sync = Synchronizer(None)
-        merged = sync.merge(local_moments)  # one all_gather
+        merged = sync.merge(local_moments, x.dtype)  # one all_gather
     """
 
     def __init__(self, group: Any = None) -> None:
@@ -88,14 +88,14 @@ class Synchronizer:
             # no gradient (no rows, or an input without grad): join the graph through a zero.
             packed = packed + torch.zeros((), dtype=packed.dtype, requires_grad=True)
         gathered = _Gather.apply(packed, self)
-        counts, means, squares = gathered.to(like.dtype).unbind(dim=1)
+        counts, means, squares = gathered.unbind(dim=1)  # merged in float64, then cast
         if within_groups:
             total = counts.sum(dim=0)
             mean = no_nan_divide((counts * means).sum(dim=0), total)
             merged = Moments(total, mean, no_nan_divide(squares.sum(dim=0), total))
         else:
             merged = merge_moments(counts, means, squares)
-        return Moments(*(t.reshape(like.shape) for t in merged))
+        return Moments(*(t.reshape(like.shape).to(like.dtype) for t in merged))
 
     def sum(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
         """Each tensor summed over the group's processes, in one ``all_reduce`` of them packed.
