@@ -70,6 +70,7 @@ def measure(rank: int, world: int, store: str, shape: list[int], rounds: int, ou
             slowest = [max(per_rank[name][i] for per_rank in everyone) for i in range(rounds)]
             lines.append(f"  {name:24s} {statistics.median(slowest) * 1e3:8.2f} ms")
         Path(out).write_text("\n".join(lines))
+    dist.barrier()
     dist.destroy_process_group()
 
 

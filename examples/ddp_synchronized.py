@@ -66,6 +66,7 @@ def train(rank: int, world: int, store: str, steps: int) -> None:
             raise SystemExit(f"{name} differs between processes")
     if rank == 0:
         print(f"moving statistics bit-identical on all {world} processes")
+    dist.barrier()  # nobody tears the group down while another still talks to it
     dist.destroy_process_group()
 
 

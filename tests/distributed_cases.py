@@ -259,6 +259,7 @@ def worker(rank: int, world: int, store: str, report: str) -> None:
         counts = {case.name: check_case(case, rank, world) for case in CASES}
         if rank == 0:
             Path(report).write_text(json.dumps(counts))
+        dist.barrier()  # nobody tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -317,4 +318,5 @@ def compiling_worker(rank: int, world: int, store: str, report: str) -> None:
         results[name] = "equal to eager"
     if rank == 0:
         Path(report).write_text(json.dumps(results))
+    dist.barrier()
     dist.destroy_process_group()

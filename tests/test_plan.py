@@ -10,6 +10,7 @@ missing here).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +44,17 @@ class Case:
     thresholds: dict[str, Any] = field(default_factory=dict)
     training: bool = True
     gamma_grad: bool = False  # inference: gamma needs a gradient (the recorded route)
+    synchronized: bool = False  # through a one-process stand-in for a group (_OneProcess)
+
+
+class _OneProcess:
+    """A synchronizer of a group of one: merging and summing change nothing."""
+
+    def merge(self, moments, input_dtype, *, within_groups=False):
+        return moments
+
+    def sum(self, *tensors):
+        return list(tensors)
 
 
 def _per_element(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +166,18 @@ CASES = [
         thresholds={"SLICE_ELEMENTS": 1},
     ),
     Case(
+        "synchronized NCHW: ATen's dx corrected to the group's sums",
+        lambda: _nchw(8, 16, 4, 4),
+        {"training": "passes", "reduce": "aten", "input_grad": "aten_synchronized"},
+        synchronized=True,
+    ),
+    Case(
+        "synchronized bfloat16: the blocked input gradient",
+        lambda: _nchw(8, 16, 4, 4, dtype=BF16),
+        {"stats": "aten", "reduce": "aten", "input_grad": "blocked"},
+        synchronized=True,
+    ),
+    Case(
         "bfloat16 NCHW: ATen statistics and apply, always folded",
         lambda: _nchw(8, 16, 4, 4, dtype=BF16),
         {"stats": "aten", "apply": "aten_unit", "fold": "always", "infer": "aten"},
@@ -236,7 +260,10 @@ def _viewed(case: Case, x: torch.Tensor) -> tuple[_plan.Plan, torch.Tensor, Any,
     wv = view.place(weights, "weights") if weights is not None else None
     adjusted = functional._adjustment_affine(x, view, arguments.get("adjustment"), acc)
     xv = view.of(x)
-    return functional._training_plan(xv, view, wv, adjusted, renorm=False), xv, view, wv
+    plan = functional._training_plan(
+        xv, view, wv, adjusted, renorm=False, synchronized=case.synchronized
+    )
+    return plan, xv, view, wv
 
 
 def _folds(case: Case, x: torch.Tensor) -> bool:
@@ -262,7 +289,9 @@ def test_each_case_gets_its_plan(case, forced):
     plan = _plan_of(case, x)
     assert {key: getattr(plan, key) for key in case.expected} == case.expected
     arguments = _arguments(case, x)
-    described = bn.functional.routes(x, **arguments, records=case.gamma_grad)
+    described = bn.functional.routes(
+        x, **arguments, records=case.gamma_grad, synchronized=case.synchronized
+    )
     assert described == plan.describe()
 
 
@@ -301,8 +330,14 @@ class _Spies:
             ran.clear()
 
 
-def _run(case: Case, x: torch.Tensor) -> None:
-    """One call of ``case``, its backward when it trains."""
+def _run(case: Case, x: torch.Tensor) -> torch.Tensor | None:
+    """One call of ``case``, its backward when it trains; returns the input gradient."""
+    if case.synchronized:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(functional, "synchronizer_for", lambda *args: _OneProcess())
+            return _run(
+                dataclasses.replace(case, synchronized=False, call={"synchronized": True}), x
+            )
     channels = x.shape[1]
     gamma = torch.rand(channels).add_(0.5).requires_grad_(case.training or case.gamma_grad)
     beta = torch.randn(channels).requires_grad_(case.training)
@@ -312,6 +347,7 @@ def _run(case: Case, x: torch.Tensor) -> None:
     )
     if case.training:
         result.output.float().sum().backward()
+    return x.grad
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
@@ -336,6 +372,15 @@ def test_the_routes_that_run_are_the_plans(case, forced, monkeypatch):
             "reduce": {plan.reduce},
             "input_grad": {plan.input_grad},
         }
+
+
+def test_a_synchronized_call_in_a_group_of_one_is_the_plain_call():
+    """The corrected ATen gradient, with the group's sums equal to this process's, is ATen's."""
+    case = next(c for c in CASES if c.name.startswith("synchronized NCHW"))
+    x = case.x()
+    got = _run(case, x)
+    want = _run(dataclasses.replace(case, synchronized=False), x)
+    torch.testing.assert_close(got, want)
 
 
 def test_beyond_the_fold_limit_atens_training_kernel_gives_way_to_the_passes(monkeypatch):

@@ -179,7 +179,10 @@ class NormalizeApply(torch.autograd.Function):
         sums = REDUCE_ROUTES[ctx.plan.reduce](inputs)  # this process's
         # Synchronized: the input gradient takes the group's sums (one all_reduce); scale and
         # shift get this process's, which DDP's gradient all-reduce combines.
-        summed = sums if ctx.sync is None else Sums(None, *ctx.sync.sum(sums.dscale, sums.dshift))
+        if ctx.sync is not None:
+            summed = Sums(sums.dx, *ctx.sync.sum(sums.dscale, sums.dshift), local=sums)
+        else:
+            summed = sums
         dx = INPUT_GRAD_ROUTES[ctx.plan.input_grad](inputs, summed) if need_x else None
         return (
             dx,
@@ -213,11 +216,16 @@ class BackwardInputs(NamedTuple):
 
 
 class Sums(NamedTuple):
-    """A reduce route's result: the per-channel sums, and ``dx`` when the route made it."""
+    """A reduce route's result: the per-channel sums, and ``dx`` when the route made it.
+
+    Synchronized, the input-gradient route gets the group's sums, with this process's (and
+    the ``dx`` ATen made from them) in ``local``.
+    """
 
     dx: torch.Tensor | None
     dscale: torch.Tensor  # sum(dy * x_hat)
     dshift: torch.Tensor  # sum(dy)
+    local: Sums | None = None
 
 
 def _recorded_backward(
@@ -547,9 +555,8 @@ def _aten_reduce(inputs: BackwardInputs) -> Sums:
     x, dy, mean = inputs.x, inputs.dy, inputs.mean
     block, restore = aten_input(x, inputs.axes)  # the plan checked that it has a block view
     dy_block, _ = aten_input(dy, inputs.axes)  # dy has x's strides, hence a block view too
-    # ATen's dx is right only unweighted and unsynchronized (its counts are this process's).
-    local = inputs.weights is None and inputs.total is None
-    needs = inputs.needs if local else (False, True, True)
+    # ATen's dx is right only unweighted (synchronized, it is this process's, then corrected).
+    needs = inputs.needs if inputs.weights is None else (False, True, True)
     dx, dscale, dshift = torch.ops.aten.native_batch_norm_backward(
         dy_block,
         block,
@@ -649,6 +656,41 @@ def _blocked_input_gradient(inputs: BackwardInputs, sums: Sums) -> torch.Tensor:
     )
 
 
+def _synchronized_aten_gradient(inputs: BackwardInputs, sums: Sums) -> torch.Tensor:
+    r"""ATen's ``dx`` from this process's sums, corrected to the group's in one blocked pass.
+
+    ATen's kernel gives ``k (dy - S_1/n - \hat{x} S_2/n)`` with this process's sums
+    ``S_1 = \sum dy``, ``S_2 = \sum dy \hat{x}`` and count ``n``, ``k = A \sigma^{-1}``; the
+    group's gradient has ``G_1/N, G_2/N`` instead. The difference is per channel affine in
+    ``x``:
+
+    .. math::
+
+        dx = dx_{local} + x lpha + eta, \quad
+        lpha = k \sigma^{-1} \left(rac{S_2}{n} - rac{G_2}{N}
+    ight), \quad
+        eta = k \left(rac{S_1}{n} - rac{G_1}{N}
+    ight) - \mu lpha
+
+    For float inputs without weights; the plan's ``input_grad="aten_synchronized"``.
+    """
+    local = sums.local
+    x, mean, invstd = inputs.x, inputs.mean, inputs.invstd
+    dx = local.dx
+    if x.numel() == 0:
+        return dx
+    reduce_dims = [d for d in range(x.dim()) if d not in inputs.axes]
+    count = weight_total(None, x.shape, reduce_dims).to(mean)
+    total = inputs.total.to(mean)
+    k = inputs.scale.expand(mean.shape) * invstd
+    alpha = k * invstd * (local.dscale / count - no_nan_divide(sums.dscale, total))
+    beta = k * (local.dshift / count - no_nan_divide(sums.dshift, total)) - mean * alpha
+    for _, (x_block, dx_block, block_alpha, block_beta) in blocks(x, (x, dx, alpha, beta)):
+        correction = scratch_space.like(x_block, x.dtype, "correction")
+        dx_block.add_(scale_and_shift(x_block, block_alpha, block_beta, out=correction))
+    return dx
+
+
 # The backward routes a plan names: ``Plan.reduce`` (BackwardInputs -> Sums), then
 # ``Plan.input_grad`` ((BackwardInputs, Sums) -> dx); "aten" and "composite" take the ``dx``
 # their reduction made.
@@ -660,6 +702,7 @@ REDUCE_ROUTES: dict[str, Callable[[BackwardInputs], Sums]] = {
 }
 INPUT_GRAD_ROUTES: dict[str, Callable[[BackwardInputs, Sums], torch.Tensor | None]] = {
     "aten": lambda inputs, sums: sums.dx,
+    "aten_synchronized": _synchronized_aten_gradient,
     "blocked": _blocked_input_gradient,
     "composite": lambda inputs, sums: sums.dx,
 }

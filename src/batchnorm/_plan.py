@@ -103,7 +103,7 @@ ROUTE_NAMES: dict[str, tuple[str, ...]] = {
     ),
     "apply": ("aten_unit", "scale_and_shift", "aten_slices", "upcast", "centred", "centred_upcast"),
     "reduce": ("aten", "aten_slices", "blocked", "composite"),
-    "input_grad": ("aten", "blocked", "composite"),
+    "input_grad": ("aten", "aten_synchronized", "blocked", "composite"),
     "infer": ("aten", "folded", "autograd"),
     "training": ("aten", "passes"),
 }
@@ -205,8 +205,12 @@ def _decide(
             reduce = "aten_slices"
         else:
             reduce = "blocked"
-        local = weights is None and not synchronized
-        input_grad = "aten" if reduce == "aten" and local else "blocked"
+        if reduce != "aten" or weights is not None:
+            input_grad = "blocked"
+        elif not synchronized:
+            input_grad = "aten"
+        else:  # ATen's dx from this process's sums, corrected (16-bit: no 16-bit sums)
+            input_grad = "blocked" if sixteen_bit else "aten_synchronized"
     infer = "aten" if aten_applies else "autograd" if records else "folded"
     uses_regroup = (stats == "aten_slices" and slices.regrouped) or (
         reduce == "aten_slices" and reduce_slices.regrouped

@@ -857,11 +857,13 @@ def routes(
     batch_weights: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     records: bool = False,
+    synchronized: bool = False,
 ) -> str:
     """Which route each heavy pass takes for a call of :func:`batch_norm` on ``x``: one line.
 
     The arguments are :func:`batch_norm`'s that choose routes (``records``: whether an input
-    of an inference call needs a gradient). Nothing is computed but the plan (and the
+    of an inference call needs a gradient; ``synchronized``: the routes of a synchronized call
+    in a group of several processes). Nothing is computed but the plan (and the
     ``adjustment``, which is called for its shapes); the fast path's routes are named by
     :class:`batchnorm._plan.Plan`, the reference path (``fused=False``) is ``"reference"``.
 
@@ -889,7 +891,9 @@ def routes(
     view = _make_view(layout, virtual_batch_size, virtual_batch_layout)
     wv = view.place(weights, "batch_weights and mask") if weights is not None else None
     adjusted = _adjustment_affine(x, view, adjustment, acc)
-    return _training_plan(view.of(x), view, wv, adjusted, renorm=renorm).describe()
+    synchronized = synchronized and view.group_dim is None  # ghosts normalise per process
+    plan = _training_plan(view.of(x), view, wv, adjusted, renorm=renorm, synchronized=synchronized)
+    return plan.describe()
 
 
 def _compiles_as_batch_norm(view: _View) -> bool:
