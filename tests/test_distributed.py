@@ -60,4 +60,5 @@ def test_synchronized_calls_compile_without_graph_breaks(tmp_path):
     torch.multiprocessing.spawn(
         compiling_worker, args=(2, str(tmp_path / "store"), str(report)), nprocs=2, join=True
     )
-    assert json.loads(report.read_text()) == {"plain": "equal to eager", "mask": "equal to eager"}
+    # torch._dynamo.explain on a fresh layer and signature: no break, one graph.
+    assert json.loads(report.read_text()) == {"plain": [0, 1], "mask": [0, 1]}

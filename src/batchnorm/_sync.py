@@ -79,13 +79,17 @@ class Synchronizer:
                 group's timeout runs out).
         """
         like = moments.mean
-        self._agree(like.numel(), input_dtype, like.device)
+        compiling = torch.compiler.is_compiling()
+        if not compiling:  # (a compiled graph reads nothing on the host: see _agree)
+            self._agree(like.numel(), input_dtype, like.device)
         count = moments.count.to(device=like.device, dtype=like.dtype).expand_as(like)
         packed = torch.stack([count, like, moments.var * count]).reshape(3, -1)
         packed = packed.to(torch.float64)
-        if torch.is_grad_enabled() and not packed.requires_grad:
+        if torch.is_grad_enabled() and not packed.requires_grad and not compiling:
             # Every process must run the backward's collective, also one whose own part needs
             # no gradient (no rows, or an input without grad): join the graph through a zero.
+            # (A compiled graph cannot create that leaf; there every process's part must
+            # need a gradient, or none.)
             packed = packed + torch.zeros((), dtype=packed.dtype, requires_grad=True)
         gathered = _Gather.apply(packed, self)
         counts, means, squares = gathered.unbind(dim=1)  # merged in float64, then cast
@@ -115,7 +119,9 @@ class Synchronizer:
 
         One small ``all_gather`` (and a host read) on the first call of a signature only: a
         layer's channels are fixed once built, so later calls need no check, and a process
-        that skips a call is caught by the group's timeout instead.
+        that skips a call is caught by the group's timeout instead. Not while compiling (the
+        read would break the graph): a compiled call relies on an eager call of the same
+        signature having agreed, or fails inside the collective.
         """
         group = self.group if self.group is not None else dist.group.WORLD
         key = (id(group), self.world, channels, input_dtype)
