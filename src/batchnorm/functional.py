@@ -128,6 +128,16 @@ class _View(NamedTuple):
     channel_axes: tuple[int, ...]
     group_dim: int | None
 
+    @property
+    def keep_shape(self) -> tuple[int, ...]:
+        """The shape of a per-kept-index tensor (moments): 1 on the reduced dimensions."""
+        return tuple(s if d in self.axes else 1 for d, s in enumerate(self.shape))
+
+    @property
+    def reduced_count(self) -> int:
+        """Elements per kept index (per channel, or per ghost group and channel)."""
+        return math.prod([s for d, s in enumerate(self.shape) if d not in self.axes])
+
     def of(self, x: torch.Tensor) -> torch.Tensor:
         """The input ``x`` as the passes see it (itself without ghost batches)."""
         return x if self.group_dim is None else x.reshape(self.shape)
@@ -817,11 +827,9 @@ def _fast_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
 
 def _local_moments(xv: torch.Tensor, view: _View, wv: torch.Tensor | None, plan: Plan) -> Moments:
     """The stats pass's moments; zeros with a zero count for a view with no rows."""
-    reduced = [s for d, s in enumerate(view.shape) if d not in view.axes]
-    if math.prod(reduced) == 0:  # (only synchronized calls get here without rows)
+    if view.reduced_count == 0:  # (only synchronized calls get here without rows)
         acc = accumulation_dtype(xv.dtype)
-        keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
-        zeros = torch.zeros(keep, dtype=acc, device=xv.device)
+        zeros = torch.zeros(view.keep_shape, dtype=acc, device=xv.device)
         return Moments(torch.zeros((), dtype=acc), zeros, zeros)
     return stats_pass(xv, view.axes, wv, plan)
 
@@ -836,8 +844,7 @@ def _training_plan(
     synchronized: bool = False,
 ) -> Plan:
     """The fast path's plan for a training call on the view ``xv``."""
-    keep = tuple(s if d in view.axes else 1 for d, s in enumerate(view.shape))
-    per_channel = adjusted is None or broadcasts_to(keep, *(t.shape for t in adjusted))
+    per_channel = adjusted is None or broadcasts_to(view.keep_shape, *(t.shape for t in adjusted))
     plain = wv is None and view.group_dim is None and adjusted is None and not renorm
     return plan_for(
         xv, view.axes, wv, per_channel=per_channel, plain=plain, synchronized=synchronized
@@ -908,7 +915,7 @@ def _compiles_as_batch_norm(view: _View) -> bool:
     return (
         torch.compiler.is_compiling()
         and kept == tuple(range(1, len(kept) + 1))
-        and math.prod(view.shape) >= 2 * math.prod([view.shape[d] for d in kept])
+        and view.reduced_count >= 2
     )
 
 
@@ -935,9 +942,8 @@ def _compiled_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     weight, bias = (None, None) if composed else (_flat(gamma, acc), _flat(beta, acc))
     y = torch.nn.functional.batch_norm(rows, mean, unbiased, weight, bias, True, 1.0, epsilon)
     count = weight_total(None, rows.shape, [d for d in range(rows.dim()) if d != 1]).to(acc)
-    keep = tuple(s if d in kept else 1 for d, s in enumerate(view.shape))
     var = unbiased * ((count - 1) / count)
-    moments = Moments(count, mean.reshape(keep), var.reshape(keep))
+    moments = Moments(count, mean.reshape(view.keep_shape), var.reshape(view.keep_shape))
     pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
     if not composed:
         return y, pooled
@@ -959,7 +965,7 @@ def _reference_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     acc = accumulation_dtype(xv.dtype)
     xs = xv.to(acc)
     reduce_dims = [d for d in range(len(view.shape)) if d not in view.axes]
-    if math.prod([view.shape[d] for d in reduce_dims]) == 0:  # no rows here (synchronized)
+    if view.reduced_count == 0:  # no rows here (synchronized)
         zeros = xs.sum(dim=reduce_dims, keepdim=True)  # exactly 0, and in the graph
         moments = Moments(torch.zeros((), dtype=acc), zeros, zeros)
     else:
