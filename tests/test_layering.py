@@ -28,6 +28,7 @@ LAYERS = {
     "regularizers": 1,
     "constraints": 1,
     "_reference": 2,
+    "_standardize": 2,
     "_plan": 2,
     "_sync": 2,
     "_statistics": 2,

@@ -95,6 +95,10 @@ def _adjustment(shape):
 COMPILE_OPTIONS = {
     "plain": ({}, {}),
     "renorm": ({"renorm": True, "renorm_clipping": {"rmax": 1.5, "dmax": 0.5}}, {}),
+    # Unclipped: r and d vary with the batch, so gamma's gradient depends on the renorm
+    # statistics as they were before the call updated them (pytorch/pytorch#197039).
+    "renorm_unclipped": ({"renorm": True}, {}),
+    "renorm_weights": ({"renorm": True}, {"batch_weights": "weights"}),
     "ghost": ({"virtual_batch_size": 2}, {}),
     "weights": ({}, {"batch_weights": "weights"}),
     "mask": ({}, {"mask": "mask"}),
@@ -158,6 +162,29 @@ def test_compiled_training_and_inference_equal_eager_without_graph_breaks(option
             torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want))
     x = torch.randn(5, 3, 4, 4, generator=generator)
     torch.testing.assert_close(compiled(x, training=False), eager(x, training=False))
+
+
+def test_compiled_calls_on_channels_last_axes_equal_eager(fresh_dynamo):
+    """Kept axes that are not dimensions 1 to k (axis=-1 of a 4-d input): the closed-form route."""
+    generator = torch.Generator().manual_seed(5)
+    state = torch.zeros(3), torch.ones(3)
+    gamma = torch.rand(3, generator=generator).add(0.5).requires_grad_()
+
+    def call(x, mask):
+        return batch_norm(x, *state, gamma, None, training=True, axis=-1, mask=mask).output
+
+    compiled = torch.compile(call, fullgraph=True, dynamic=True)
+    for batch in (8, 6):
+        x = torch.randn(batch, 4, 4, 3, generator=generator) * 3 + 2
+        dy = torch.randn(x.shape, generator=generator)
+        for mask in (None, torch.rand(batch, 4, 4, generator=generator) > 0.3):
+            grads = []
+            for function in (call, compiled):
+                xi = x.clone().requires_grad_(True)
+                y = function(xi, mask)
+                grads.append((y.detach(), *torch.autograd.grad((y * dy).sum(), (xi, gamma))))
+            for got, want in zip(grads[1], grads[0], strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("option", sorted(COMPILE_OPTIONS))

@@ -41,6 +41,7 @@ from batchnorm._kernels import InferenceCall, NormalizeApply, aten_training, inf
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups, weight_total
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
+from batchnorm._standardize import Standardize
 from batchnorm._statistics import stats_pass
 from batchnorm._sync import Synchronizer, synchronizer_for
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
@@ -294,9 +295,31 @@ def _example_weights(
     if mask is not None:
         check(isinstance(mask, torch.Tensor), "mask", type(mask).__name__, "a torch.Tensor")
         shape = _mask_shape(mask, x, layout)
-        mask_weights = mask.detach().reshape(shape).to(dtype)
+        mask_weights = _materialized(mask.detach().reshape(shape).to(dtype))
         weights = mask_weights if weights is None else weights * mask_weights
     return weights
+
+
+def _materialized(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself; while compiling, a copy of it in a buffer of its own (an identity scan).
+
+    Two reasons, both of inductor's partitioner and fuser in torch 2.13:
+
+    - Masks: inductor otherwise fuses their conversion from bool into every loop that reads
+      the weights, and its CPU code converts bools slowly. A weighted sum over
+      (32, 64, 56, 56) float32 took 9 ms with the conversion fused against 1 ms reading
+      float weights (``benchmarks/compiled_weighted.py``).
+    - Renorm's statistics, which the call reads for ``r, d`` and then updates in place: the
+      partitioner may recompute ``r, d`` in the backward from the buffers as they are *after*
+      the update, which silently changed gamma's gradient by 2.5% in a test
+      (pytorch/pytorch#197039). A scan is not recomputed: its result is saved.
+
+    A cumulative sum over a new size-1 dimension is the identity, and a kernel inductor
+    neither fuses nor recomputes.
+    """
+    if not torch.compiler.is_compiling():
+        return t
+    return t.unsqueeze(0).cumsum(0)[0]
 
 
 def _adjustment_affine(
@@ -708,13 +731,13 @@ def batch_norm_checked(
     renorm_state = None
     if options.renorm:
         renorm_state = (
-            _per_channel(state["renorm_mean"], view.param_shape, acc),
-            _per_channel(state["renorm_stddev"], view.param_shape, acc),
+            _per_channel(_materialized(state["renorm_mean"]), view.param_shape, acc),
+            _per_channel(_materialized(state["renorm_stddev"]), view.param_shape, acc),
             options.renorm_clipping,
         )
     normalize = _fast_normalize if fast else _reference_normalize
-    if wv is None and sync is None and options.fused is not False and _compiles_as_batch_norm(view):
-        normalize = _compiled_normalize
+    if sync is None and options.fused is not False and torch.compiler.is_compiling():
+        normalize = _compiled_route(view, wv)
     call = TrainingCall(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted, sync)
     y, pooled = normalize(call)
     update = StatisticsUpdate(
@@ -903,20 +926,42 @@ def routes(
     return plan.describe()
 
 
-def _compiles_as_batch_norm(view: _View) -> bool:
-    """Whether an unweighted training call being compiled is ATen's batch-norm op.
+def _compiled_route(
+    view: _View, wv: torch.Tensor | None
+) -> Callable[[TrainingCall], tuple[torch.Tensor, Moments]]:
+    """The training route of an unsynchronized call being compiled (or exported).
 
-    While compiling, where the kept dimensions of the view are its dimensions 1 to k (channels
-    on dimension 1, several channel axes after it, or TensorFlow's strided ghost batches,
-    whose groups come before the channels), with at least two values a channel (a guard on
-    symbolic sizes).
+    ATen's batch-norm op (:func:`_compiled_normalize`) for unweighted calls whose kept
+    dimensions of the view are its dimensions 1 to k (channels on dimension 1, several channel
+    axes after it, or TensorFlow's strided ghost batches, whose groups come before the
+    channels), with at least two values a channel (a guard on symbolic sizes); else plain ops
+    with the closed-form gradient (:func:`_compiled_standardized`).
     """
     kept = view.axes
-    return (
-        torch.compiler.is_compiling()
-        and kept == tuple(range(1, len(kept) + 1))
-        and view.reduced_count >= 2
-    )
+    if wv is None and kept == tuple(range(1, len(kept) + 1)) and view.reduced_count >= 2:
+        return _compiled_normalize
+    return _compiled_standardized
+
+
+def _compiled_standardized(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
+    r"""A compiled training call as :class:`batchnorm._standardize.Standardize`, then the affine.
+
+    ``x_hat`` from the (weighted) moments with batch norm's closed-form gradient, then the
+    composed affine ``x_hat * A + B`` in autograd (gamma's and beta's gradients, renorm's
+    ``r, d`` and the adjustment as constants), which inductor fuses into the same passes.
+    """
+    xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted, _ = call  # (unsynchronized)
+    acc = accumulation_dtype(xv.dtype)
+    reduce_dims = tuple(d for d in range(len(view.shape)) if d not in view.axes)
+    with torch.no_grad():
+        moments = compute_moments(xv, reduce_dims, wv)
+    total = moments.count.to(moments.mean)
+    inv = invstd(moments.var, epsilon)
+    x_hat = Standardize.apply(xv, wv, moments.mean, inv, total, reduce_dims)
+    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+    gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
+    output = _output_affine(pooled, gamma_v, beta_v, epsilon, renorm_state, adjusted)
+    return (x_hat * output.scale + output.shift).to(xv.dtype), pooled
 
 
 def _compiled_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
