@@ -121,7 +121,8 @@ class Synchronizer:
         layer's channels are fixed once built, so later calls need no check, and a process
         that skips a call is caught by the group's timeout instead. Not while compiling (the
         read would break the graph): a compiled call relies on an eager call of the same
-        signature having agreed, or fails inside the collective.
+        signature having agreed, or fails inside the collective (gloo aborts the process when
+        the channel counts differ, measured on torch 2.13).
         """
         group = self.group if self.group is not None else dist.group.WORLD
         key = (id(group), self.world, channels, input_dtype)
