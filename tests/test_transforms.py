@@ -187,6 +187,32 @@ def test_compiled_calls_on_channels_last_axes_equal_eager(fresh_dynamo):
                 torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("option", ["ghost", "renorm_weights"])
+def test_compiled_channels_last_training_equals_eager(option, fresh_dynamo):
+    """channels_last input, whose kept dimensions (ghost groups and channels) lie apart in
+    memory: the closed-form route runs in memory order."""
+    options, call_kinds = COMPILE_OPTIONS[option]
+    eager, twin = _pair(options)
+    compiled = torch.compile(twin, fullgraph=True, dynamic=True)
+    generator = torch.Generator().manual_seed(6)
+    for batch in (8, 6):
+        x = (torch.randn(batch, 3, 4, 4, generator=generator) * 2 + 1).contiguous(
+            memory_format=torch.channels_last
+        )
+        dy = torch.randn(x.shape, generator=generator)
+        call = {k: _call_inputs(kind, x, generator) for k, kind in call_kinds.items()}
+        outputs = []
+        for layer in (eager, compiled):
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi, training=True, **call)
+            (y * dy).sum().backward()
+            outputs.append((y.detach(), xi.grad, layer.gamma.grad))
+        for got, want in zip(outputs[1], outputs[0], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        for got, want in zip(twin.get_weights(), eager.get_weights(), strict=True):
+            torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want))
+
+
 @pytest.mark.parametrize("option", sorted(COMPILE_OPTIONS))
 def test_a_training_call_compiles_to_one_graph(option, fresh_dynamo):
     """The graph breaks torch._dynamo.explain counts, per option: none, one graph."""
