@@ -228,20 +228,24 @@ def test_a_training_call_compiles_to_one_graph(option, fresh_dynamo):
 
 # --------------------------------------------------------------------------- torch.export
 class _Wrapped(torch.nn.Module):
-    def __init__(self, training: bool) -> None:
+    def __init__(self, training: bool, **options: object) -> None:
         super().__init__()
-        self.bn = bn.BatchNormalization(axis=1, momentum=0.5, input_shape=(3, 4, 4))
+        self.bn = bn.BatchNormalization(axis=1, momentum=0.5, input_shape=(3, 4, 4), **options)
         self.training_call = training
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(x, training=self.training_call)
 
 
-@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
-def test_export_with_a_dynamic_batch_equals_eager(training, fresh_dynamo):
+@pytest.mark.parametrize(
+    ("training", "options"),
+    [(False, {}), (True, {}), (True, {"renorm": True})],
+    ids=["inference", "training", "training_renorm"],  # renorm: the closed-form route
+)
+def test_export_with_a_dynamic_batch_equals_eager(training, options, fresh_dynamo):
     generator = torch.Generator().manual_seed(2)
-    model = _Wrapped(training)
-    reference = _Wrapped(training)
+    model = _Wrapped(training, **options)
+    reference = _Wrapped(training, **options)
     reference.load_state_dict(model.state_dict())
     batch = torch.export.Dim("batch")
     program = torch.export.export(
