@@ -34,6 +34,7 @@ LAYERS = {
     "_statistics": 2,
     "_kernels": 2,
     "functional": 3,
+    "_lanes": 4,
     "distributed": 4,
     "layer": 5,
     "convert": 6,

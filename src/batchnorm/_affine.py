@@ -112,8 +112,16 @@ def ema_update(moving: torch.Tensor, value: torch.Tensor, momentum: float) -> to
     if torch.compiler.is_compiling():  # the same float32 factor, as a graph constant
         factor: torch.Tensor | float = torch.tensor(1.0 - momentum, dtype=torch.float32)
     else:
-        factor = host_factor(float32_round(1.0 - momentum), moving)
+        factor = _decay_factor(momentum, moving.dtype, moving.device)
     return moving - (moving - value).mul_(factor)
+
+
+@functools.lru_cache(maxsize=256)
+def _decay_factor(
+    momentum: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | float:
+    """``1 - momentum`` rounded to float32, as :func:`host_factor` gives it (never write it)."""
+    return host_factor(float32_round(1.0 - momentum), torch.empty(0, dtype=dtype, device=device))
 
 
 def host_factor(value: float, like: torch.Tensor) -> torch.Tensor | float:
@@ -165,11 +173,20 @@ def bessel_factor(count: torch.Tensor | float, like: torch.Tensor) -> torch.Tens
         1.5
     """
     if isinstance(count, float) and like.dtype in _HOST_ROUNDING:
-        rounded = _HOST_ROUNDING[like.dtype]
-        n = rounded(count)
-        return host_factor(rounded(n / max(rounded(n - 1.0), 1.0)), like)
+        return _host_bessel_factor(count, like.dtype, like.device)
     count = torch.as_tensor(count).to(like)
     return count / torch.clamp(count - 1, min=1)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_bessel_factor(
+    count: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor | float:
+    """:func:`bessel_factor` of a count read to the host, once per value (never write it)."""
+    rounded = _HOST_ROUNDING[dtype]
+    n = rounded(count)
+    like = torch.empty(0, dtype=dtype, device=device)
+    return host_factor(rounded(n / max(rounded(n - 1.0), 1.0)), like)
 
 
 def _host_count(count: torch.Tensor) -> torch.Tensor | float:
@@ -274,8 +291,7 @@ def updated_statistics(
         >>> new["moving_mean"].tolist(), new["moving_variance"].tolist()
         ([2.0], [2.5])
     """
-    mean = batch.mean.to(state["moving_mean"])
-    var = batch.var.to(state["moving_variance"])
+    mean, var = _like(batch.mean, state["moving_mean"]), _like(batch.var, state["moving_variance"])
     count = _host_count(batch.count)
     new: dict[str, torch.Tensor] = {}
     if zero_debias:
@@ -305,3 +321,8 @@ def updated_statistics(
     if zero_debias:
         new["local_step"] = state["local_step"] + 1
     return new
+
+
+def _like(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``t`` in ``state``'s dtype and device (itself where it is already: no dispatch)."""
+    return t if t.dtype == state.dtype and t.device == state.device else t.to(state)

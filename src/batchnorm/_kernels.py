@@ -272,9 +272,10 @@ def _folds_within_limit(mean: torch.Tensor, invstd: torch.Tensor) -> bool:
     the reference path does. Reads one value on the host: the plan asks for it only on the
     CPU (``Plan.fold``).
     """
-    return (
-        mean.numel() == 0 or torch.mul(mean, invstd).abs_().max().item() <= _thresholds.FOLD_LIMIT
-    )
+    if mean.numel() == 0:
+        return True
+    largest = torch.linalg.vector_norm(torch.mul(mean, invstd), float("inf"))  # max |.|: NaN too
+    return largest.item() <= _thresholds.FOLD_LIMIT
 
 
 # How the apply decides to fold (``Plan.fold``). 16-bit inputs always fold: the error stays
@@ -840,6 +841,12 @@ def _triple_product(
     return torch.mul(a, b, out=out).mul_(c)
 
 
+@functools.lru_cache(maxsize=256)
+def _biased_factor(count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | float:
+    """``(n - 1) / n`` for :func:`host_factor`, once per count (never write it)."""
+    return host_factor((count - 1) / count, torch.empty(0, dtype=dtype, device=device))
+
+
 def aten_training(
     x: torch.Tensor,
     axes: tuple[int, ...],
@@ -873,13 +880,13 @@ def aten_training(
     """
     block, restore = aten_input(x, axes)  # the plan checked that it has one
     acc = accumulation_dtype(x.dtype)
-    mean, unbiased = torch.zeros(2, block.shape[1], dtype=acc, device=x.device)
+    mean, unbiased = torch.zeros(2, block.shape[1], dtype=acc, device=x.device).unbind()
     flat = [None if t is None else aten_vector(t) for t in (gamma, beta)]
     y, _, saved_invstd = torch.native_batch_norm(block, *flat, mean, unbiased, True, 1.0, epsilon)
     if not FOLDS[fold](mean, saved_invstd):
         return None
     count = x.numel() // block.shape[1]
     # Not in place: ATen saves both vectors for its backward.
-    var = unbiased * host_factor((count - 1) / count, unbiased)
+    var = unbiased * _biased_factor(count, unbiased.dtype, unbiased.device)
     moments = Moments(count_tensor(count, acc), mean, var)
     return (y if restore is None else viewed_like(y, restore)), moments

@@ -31,8 +31,15 @@ from batchnorm._errors import (
     check_virtual_batch,
     fail,
 )
+from batchnorm._lanes import lane_key, make_lane, run_lane
 from batchnorm._tf_rules import tensorflow_can_fuse, tensorflow_runs_fused_kernel
-from batchnorm.functional import Options, StatisticsUpdate, batch_norm_checked, check_options
+from batchnorm.functional import (
+    Options,
+    StatisticsUpdate,
+    _traced,
+    batch_norm_checked,
+    check_options,
+)
 
 __all__ = [
     "BatchNormalization",
@@ -495,6 +502,24 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
+        lanes = self.__dict__.get("_lanes")
+        key = None
+        if (
+            mask is None
+            and batch_weights is None
+            and lanes is not None
+            and self._layout is not None
+            and isinstance(inputs, torch.Tensor)
+            and not _traced()
+        ):
+            normalise, update = self._resolve_training(training)
+            cast = self._cast_input(inputs)
+            key = lane_key(cast, normalise, update)
+            lane = lanes.get(key)
+            if lane is not None:
+                output = run_lane(self, lane, cast)
+                if output is not None:
+                    return output
         x, layout, normalise, update = self._prepare_call(inputs, training)
         try:
             result = batch_norm_checked(
@@ -518,6 +543,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 self._commit(result.new_stats)
         elif normalise and result.update is not None:  # a frozen V1 layer in training
             self._commit_frozen(result.new_stats)
+        if key is not None and key not in lanes:  # this signature's decisions, for next time
+            lanes[key] = make_lane(self, x, self._call_options(), layout, normalise, update)
         return result.output
 
     def _prepare_call(
@@ -545,7 +572,14 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _CALL_OPTION_ATTRIBUTES:  # the checked options are made again on next use
             self.__dict__["_checked_options"] = None
+        if name in _CALL_OPTION_ATTRIBUTES or name == "deferred_updates":
+            self.__dict__["_lanes"] = {}  # and the calls decided with them (batchnorm._lanes)
         super().__setattr__(name, value)
+
+    def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> BatchNormalization:
+        """``nn.Module._apply`` (``.to()``, ``.double()``, ...), forgetting the decided calls."""
+        self.__dict__["_lanes"] = {}
+        return super()._apply(fn, recurse)
 
     def _call_options(self) -> Options:
         """The functional's options from this layer's attributes, checked once per change.
@@ -613,10 +647,9 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         return training, training
 
     def _commit(self, new_stats: Mapping[str, torch.Tensor]) -> None:
-        try:
-            with torch.no_grad():
-                for key, value in new_stats.items():
-                    self._buffers[key].copy_(value)
+        try:  # (no grad mode needed: the new statistics and the buffers need no gradient)
+            for key, value in new_stats.items():
+                self._buffers[key].copy_(value)
         except RuntimeError as error:
             if not torch._C._are_functorch_transforms_active():
                 raise
