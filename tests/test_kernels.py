@@ -162,6 +162,30 @@ def test_blocked_centring_slices_the_mean_along_a_kept_outer_dimension(monkeypat
     torch.testing.assert_close(moments.var.double(), want_var, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e2, 1e3, 1e4, 1e5])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("blocked", [False, True], ids=["one_block", "blocks"])
+def test_two_pass_variance_stays_exact_at_large_offsets(
+    offset, memory_format, blocked, monkeypatch
+):
+    """Channels offset by up to 1e5 standard deviations: the variance within a few units of
+    roundoff of float64's on the same float32 data (a plain two-pass sum was 3e-4 off)."""
+    if blocked:
+        monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 1 << 12)
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 4, 24, 24, generator=generator, dtype=torch.float64)
+    x = (x * 0.5 + offset * torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1)).float()
+    x = x.contiguous(memory_format=memory_format)
+    assert plan_for(x, (1,)).stats == "two_pass"
+    moments = stats_pass(x, (1,))
+    x64 = x.double()
+    want_var = x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    want_mean = x64.mean(dim=(0, 2, 3), keepdim=True)
+    torch.testing.assert_close(moments.var.double(), want_var, rtol=1e-6, atol=0.0)
+    # The mean as close as float32 can hold it: within a unit of roundoff of its magnitude.
+    torch.testing.assert_close(moments.mean.double(), want_mean, rtol=2**-23, atol=1e-6)
+
+
 def _route_without_block_view(
     monkeypatch, route: str, x: torch.Tensor, axes, *, ghost_channels_last: bool
 ) -> None:

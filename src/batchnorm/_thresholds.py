@@ -12,6 +12,7 @@ __all__ = [
     "ATEN_TRAINING_ELEMENTS",
     "BLOCK_ELEMENTS",
     "FOLD_LIMIT",
+    "OFFSET_LIMIT_SCALE",
     "SLICE_ELEMENTS",
     "SMALL_INPUT_ELEMENTS",
 ]
@@ -53,3 +54,12 @@ BLOCK_ELEMENTS = 1 << 20
 # pass); beyond it, the centred form keeps the rounding error at a few units (see
 # ``_kernels._apply``).
 FOLD_LIMIT = 8.0
+
+# The two-pass statistics (:mod:`batchnorm._statistics`): the largest ``|mean| / sigma`` of a
+# channel, in units of ``1 / sqrt(machine epsilon)`` of the dtype (724 for float32), for which
+# the variance skips Chan, Golub and LeVeque's correction. The first pass's mean is about 3
+# roundoff units of ``|mean|`` off (measured on (16, 4, 24, 24) float32, ``tests/test_kernels.py``),
+# which adds ``(3 u |mean| / sigma)^2`` to the variance's relative error: one unit of roundoff at
+# this limit. The correction costs 7% (NCHW) to 19% (channels innermost) of a training step
+# (``benchmarks/ab_kernels.py``).
+OFFSET_LIMIT_SCALE = 0.25
