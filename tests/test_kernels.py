@@ -11,6 +11,7 @@ from batchnorm import _aten, _thresholds
 from batchnorm._aten import native_inference
 from batchnorm._axes import broadcasts_to
 from batchnorm._kernels import NormalizeApply
+from batchnorm._moments import compute_moments
 from batchnorm._plan import plan_for
 from batchnorm._reductions import channel_sum, channel_sum_of_squares
 from batchnorm._statistics import stats_pass
@@ -184,6 +185,40 @@ def test_two_pass_variance_stays_exact_at_large_offsets(
     torch.testing.assert_close(moments.var.double(), want_var, rtol=1e-6, atol=0.0)
     # The mean as close as float32 can hold it: within a unit of roundoff of its magnitude.
     torch.testing.assert_close(moments.mean.double(), want_mean, rtol=2**-23, atol=1e-6)
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1e5])
+@pytest.mark.parametrize(
+    ("route", "weight_shape"),
+    [
+        ("weighted_rows", (16, 1, 1, 1)),
+        ("weighted_blocks", (16, 1, 24, 24)),
+        ("reference", (16, 1, 24, 24)),
+        ("reference", None),
+    ],
+)
+def test_weighted_and_reference_variances_stay_exact_at_large_offsets(route, weight_shape, offset):
+    """The weighted routes and the reference path's moments (compute_moments) against
+    float64 on the same float32 data, channels offset by up to 1e5 standard deviations."""
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(16, 4, 24, 24, generator=generator, dtype=torch.float64) * 0.5
+    x = (x + offset * torch.tensor([1.0, -2.0, 0.5, 3.0]).view(1, 4, 1, 1)).float()
+    weights = None
+    if weight_shape is not None:
+        weights = torch.rand(weight_shape, generator=generator, dtype=torch.float64).float()
+        weights.view(-1)[0] = 0.0
+    if route == "reference":
+        moments = compute_moments(x, (0, 2, 3), weights)
+    else:
+        assert plan_for(x, (1,), weights).stats == route
+        moments = stats_pass(x, (1,), weights)
+    x64 = x.double()
+    w64 = torch.ones_like(x64) if weights is None else weights.double().expand(x.shape)
+    total = w64.sum(dim=(0, 2, 3), keepdim=True)
+    mean = (w64 * x64).sum(dim=(0, 2, 3), keepdim=True) / total
+    var = (w64 * (x64 - mean) ** 2).sum(dim=(0, 2, 3), keepdim=True) / total
+    torch.testing.assert_close(moments.var.double(), var, rtol=2e-6, atol=0.0)
+    torch.testing.assert_close(moments.mean.double(), mean, rtol=2**-23, atol=1e-6)
 
 
 def _route_without_block_view(

@@ -127,10 +127,13 @@ def no_nan_divide(numerator: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
 def compute_moments(
     x: torch.Tensor, reduce_dims: Sequence[int], weights: torch.Tensor | None = None
 ) -> Moments:
-    """(Weighted) mean and biased variance of ``x`` over ``reduce_dims``, kept as size 1.
+    r"""(Weighted) mean and biased variance of ``x`` over ``reduce_dims``, kept as size 1.
 
     Differentiable in ``x``; ``weights`` (broadcastable to ``x``, non-negative) are constants.
-    The result is in :func:`accumulation_dtype` of ``x``.
+    The result is in :func:`accumulation_dtype` of ``x``. Two passes, the second corrected
+    (Chan, Golub and LeVeque): with ``m`` the first mean and ``d = x - m``,
+    ``mean = m + E[d]`` and ``var = E[d^2] - E[d]^2``, so the first mean's rounding error,
+    which grows with the offset, does not reach the variance.
 
     Example:
         >>> x = torch.tensor([[1.0, 10.0], [3.0, 30.0]])
@@ -143,16 +146,19 @@ def compute_moments(
     dims = tuple(reduce_dims)
     xs = x.to(accumulation_dtype(x.dtype))
     if weights is None:
-        mean = xs.mean(dim=dims, keepdim=True)
-        centered = xs - mean
-        var = (centered * centered).mean(dim=dims, keepdim=True)
-        return Moments(weight_total(None, x.shape, dims).to(xs), mean, var)
+        first = xs.mean(dim=dims, keepdim=True)
+        centered = xs - first
+        shift = centered.mean(dim=dims, keepdim=True)
+        var = (centered * centered).mean(dim=dims, keepdim=True) - shift * shift
+        return Moments(weight_total(None, x.shape, dims).to(xs), first + shift, var.clamp_min(0))
     weights = weights.detach().to(xs.dtype)
     total = weight_total(weights, x.shape, dims)
-    mean = no_nan_divide(weighted(xs, weights).sum(dim=dims, keepdim=True), total)
-    centered = xs - mean
-    var = no_nan_divide(weighted(centered * centered, weights).sum(dim=dims, keepdim=True), total)
-    return Moments(total.expand_as(mean) if total.dim() else total, mean, var)
+    first = no_nan_divide(weighted(xs, weights).sum(dim=dims, keepdim=True), total)
+    centered = xs - first
+    shift = no_nan_divide(weighted(centered, weights).sum(dim=dims, keepdim=True), total)
+    squares = weighted(centered * centered, weights).sum(dim=dims, keepdim=True)
+    var = (no_nan_divide(squares, total) - shift * shift).clamp_min(0)
+    return Moments(total.expand_as(first) if total.dim() else total, first + shift, var)
 
 
 def merge_moments(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> Moments:

@@ -176,7 +176,11 @@ def _centred_sums(
 def _weighted_moments(
     weighted_sum: Callable[..., torch.Tensor],
 ) -> Callable[..., Moments]:
-    """The weighted moments of a float input from a weighted channel sum route."""
+    """The weighted moments of a float input from a weighted channel sum route.
+
+    Two passes, and where a channel's offset is large a third over ``x - mean`` (a full-size
+    temporary, on that rare path only) for the corrected variance of :func:`_corrected`.
+    """
 
     def route(
         x: torch.Tensor,
@@ -188,6 +192,9 @@ def _weighted_moments(
         count = weight_total(weights, x.shape, reduce_dims).to(acc)
         mean = no_nan_divide(weighted_sum(axes, x, weights), count)
         var = no_nan_divide(weighted_sum(axes, x, weights, mean), count)
+        if _offset_is_large(mean, var):  # correct for the mean's error (see _two_pass)
+            shift = no_nan_divide(weighted_sum(axes, x - mean, weights), count)
+            mean, var = mean + shift, torch.clamp_min(var - shift * shift, 0.0)
         return Moments(count=count.expand_as(mean), mean=mean, var=var)
 
     route.__doc__ = f"Weighted moments of a float input by :func:`{weighted_sum.__name__}`."
