@@ -128,6 +128,22 @@ def _pair(options):
     return eager, twin
 
 
+def _assert_same_training_step(eager, compiled, x, call_kinds, generator):
+    """One training step of each on ``x``: outputs and x's and gamma's gradients alike."""
+    dy = torch.randn(x.shape, generator=generator)
+    call = {k: _call_inputs(kind, x, generator) for k, kind in call_kinds.items()}
+    outputs = []
+    for layer in (eager, compiled):
+        xi = x.clone().requires_grad_(True)
+        y = layer(xi, training=True, **call)
+        (y * dy).sum().backward()
+        outputs.append((y.detach(), xi.grad))
+    for got, want in zip(outputs[1], outputs[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    twin = getattr(compiled, "_orig_mod", compiled)
+    torch.testing.assert_close(twin.gamma.grad, eager.gamma.grad, rtol=1e-4, atol=1e-5)
+
+
 @pytest.fixture
 def fresh_dynamo():
     """Each test compiles its own layers: forget earlier ones (dynamo's recompile limit)."""
@@ -145,17 +161,7 @@ def test_compiled_training_and_inference_equal_eager_without_graph_breaks(option
     generator = torch.Generator().manual_seed(1)
     for batch in (8, 6):
         x = torch.randn(batch, 3, 4, 4, generator=generator) * 2 + 1
-        dy = torch.randn(x.shape, generator=generator)
-        call = {k: _call_inputs(kind, x, generator) for k, kind in call_kinds.items()}
-        outputs = []
-        for layer in (eager, compiled):
-            xi = x.clone().requires_grad_(True)
-            y = layer(xi, training=True, **call)
-            (y * dy).sum().backward()
-            outputs.append((y.detach(), xi.grad))
-        for got, want in zip(outputs[1], outputs[0], strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(twin.gamma.grad, eager.gamma.grad, rtol=1e-4, atol=1e-5)
+        _assert_same_training_step(eager, compiled, x, call_kinds, generator)
         bn.apply_updates(eager)
         bn.apply_updates(twin)
         for got, want in zip(twin.get_weights(), eager.get_weights(), strict=True):
@@ -199,16 +205,7 @@ def test_compiled_channels_last_training_equals_eager(option, fresh_dynamo):
         x = (torch.randn(batch, 3, 4, 4, generator=generator) * 2 + 1).contiguous(
             memory_format=torch.channels_last
         )
-        dy = torch.randn(x.shape, generator=generator)
-        call = {k: _call_inputs(kind, x, generator) for k, kind in call_kinds.items()}
-        outputs = []
-        for layer in (eager, compiled):
-            xi = x.clone().requires_grad_(True)
-            y = layer(xi, training=True, **call)
-            (y * dy).sum().backward()
-            outputs.append((y.detach(), xi.grad, layer.gamma.grad))
-        for got, want in zip(outputs[1], outputs[0], strict=True):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+        _assert_same_training_step(eager, compiled, x, call_kinds, generator)
         for got, want in zip(twin.get_weights(), eager.get_weights(), strict=True):
             torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want))
 
