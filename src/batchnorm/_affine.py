@@ -25,6 +25,7 @@ __all__ = [
     "ema_update",
     "float32_round",
     "host_factor",
+    "host_factor_for",
     "gamma_beta_affine",
     "inference_affine",
     "invstd",
@@ -121,7 +122,7 @@ def _decay_factor(
     momentum: float, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor | float:
     """``1 - momentum`` rounded to float32, as :func:`host_factor` gives it (never write it)."""
-    return host_factor(float32_round(1.0 - momentum), torch.empty(0, dtype=dtype, device=device))
+    return host_factor_for(float32_round(1.0 - momentum), dtype, device)
 
 
 def host_factor(value: float, like: torch.Tensor) -> torch.Tensor | float:
@@ -136,9 +137,14 @@ def host_factor(value: float, like: torch.Tensor) -> torch.Tensor | float:
         >>> host_factor(0.5, torch.ones(2)).dtype, host_factor(0.5, torch.ones(2).half())
         (torch.float32, 0.5)
     """
-    if like.dtype not in _HOST_ROUNDING or _HOST_ROUNDING[like.dtype](value) != value:
+    return host_factor_for(value, like.dtype, like.device)
+
+
+def host_factor_for(value: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor | float:
+    """:func:`host_factor` for a tensor of ``dtype`` on ``device`` (never write to the result)."""
+    if dtype not in _HOST_ROUNDING or _HOST_ROUNDING[dtype](value) != value:
         return value
-    return _constant(value, like.dtype, like.device)
+    return _constant(value, dtype, device)
 
 
 @functools.lru_cache(maxsize=256)
@@ -185,8 +191,7 @@ def _host_bessel_factor(
     """:func:`bessel_factor` of a count read to the host, once per value (never write it)."""
     rounded = _HOST_ROUNDING[dtype]
     n = rounded(count)
-    like = torch.empty(0, dtype=dtype, device=device)
-    return host_factor(rounded(n / max(rounded(n - 1.0), 1.0)), like)
+    return host_factor_for(rounded(n / max(rounded(n - 1.0), 1.0)), dtype, device)
 
 
 def _host_count(count: torch.Tensor) -> torch.Tensor | float:

@@ -46,7 +46,12 @@ from typing import NamedTuple
 import torch
 
 from batchnorm import _thresholds
-from batchnorm._affine import gamma_beta_affine, host_factor, inference_affine, invstd
+from batchnorm._affine import (
+    gamma_beta_affine,
+    host_factor_for,
+    inference_affine,
+    invstd,
+)
 from batchnorm._aten import aten_input, aten_slices, aten_vector, native_inference
 from batchnorm._errors import BatchNormError
 from batchnorm._moments import (
@@ -843,8 +848,8 @@ def _triple_product(
 
 @functools.lru_cache(maxsize=256)
 def _biased_factor(count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | float:
-    """``(n - 1) / n`` for :func:`host_factor`, once per count (never write it)."""
-    return host_factor((count - 1) / count, torch.empty(0, dtype=dtype, device=device))
+    """``(n - 1) / n`` as :func:`batchnorm._affine.host_factor_for` gives it, once per count."""
+    return host_factor_for((count - 1) / count, dtype, device)
 
 
 def aten_training(

@@ -28,7 +28,7 @@ training step takes 120 us with lanes against 166 us without (``nn.BatchNorm2d``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
@@ -67,20 +67,24 @@ class Lane(NamedTuple):
     Attributes:
         axes: The kept axes of the input.
         epsilon: The layer's epsilon.
-        rule: Training: the update's fields after its batch (those of
-            :class:`batchnorm.functional.StatisticsUpdate`); None in inference.
+        rule: Training: the keywords of :func:`batchnorm._affine.updated_statistics`
+            (the fields of :class:`batchnorm.functional.StatisticsUpdate` after its batch);
+            None in inference.
         fold: Training: how ATen's kernel may fold (``Plan.fold``).
     """
 
     axes: tuple[int, ...]
     epsilon: float
-    rule: tuple[float, float, bool, None, bool] | None = None
+    rule: Mapping[str, Any] | None = None
     fold: str = ""
 
 
 def lane_key(x: torch.Tensor, normalise: bool, update: bool) -> tuple[object, ...]:
-    """The signature a lane is kept under: the input's and the call's resolved mode."""
-    return (x.shape, x.stride(), x.dtype, x.device, normalise, update, torch.is_grad_enabled())
+    """The signature a lane is kept under: the input's and the call's resolved mode.
+
+    (Not grad mode: where inference is ATen's kernel, whether it records changes no route.)
+    """
+    return (x.shape, x.stride(), x.dtype, x.device, normalise, update)
 
 
 def make_lane(
@@ -110,7 +114,13 @@ def make_lane(
         return None
     dtype = layer._buffers["moving_mean"].dtype
     correction = _variance_correction(options, layout, dtype, weighted=False)
-    rule = (options.momentum, options.epsilon, correction, None, options.zero_debias_moving_mean)
+    rule = {
+        "momentum": options.momentum,
+        "epsilon": options.epsilon,
+        "variance_correction": correction,
+        "renorm_momentum": None,
+        "zero_debias": options.zero_debias_moving_mean,
+    }
     return Lane(axes, options.epsilon, rule, plan.fold)
 
 
@@ -138,15 +148,5 @@ def run_lane(layer: LaneOwner, lane: Lane, x: torch.Tensor) -> torch.Tensor | No
         moments.count, _shaped_like(moments.mean, like), _shaped_like(moments.var, like)
     )
     # The update's own function, without apply_to's no-grad mode: nothing here needs a gradient.
-    momentum, epsilon, correction, renorm_momentum, zero_debias = lane.rule
-    new = updated_statistics(
-        state,
-        batch,
-        momentum=momentum,
-        epsilon=epsilon,
-        variance_correction=correction,
-        renorm_momentum=renorm_momentum,
-        zero_debias=zero_debias,
-    )
-    layer._commit(new)
+    layer._commit(updated_statistics(state, batch, **lane.rule))
     return y

@@ -502,25 +502,16 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
+        x, layout, normalise, update = self._prepare_call(inputs, training)
         lanes = self.__dict__.get("_lanes")
         key = None
-        if (
-            mask is None
-            and batch_weights is None
-            and lanes is not None
-            and self._layout is not None
-            and isinstance(inputs, torch.Tensor)
-            and not _traced()
-        ):
-            normalise, update = self._resolve_training(training)
-            cast = self._cast_input(inputs)
-            key = lane_key(cast, normalise, update)
+        if mask is None and batch_weights is None and lanes is not None and not _traced():
+            key = lane_key(x, normalise, update)
             lane = lanes.get(key)
             if lane is not None:
-                output = run_lane(self, lane, cast)
+                output = run_lane(self, lane, x)
                 if output is not None:
                     return output
-        x, layout, normalise, update = self._prepare_call(inputs, training)
         try:
             result = batch_norm_checked(
                 x,
