@@ -13,6 +13,7 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 from pathlib import Path
 
@@ -65,7 +66,11 @@ def train(rank: int, world: int, store: str, steps: int) -> None:
         if not all(torch.equal(other, everyone[0]) for other in everyone):
             raise SystemExit(f"{name} differs between processes")
     if rank == 0:
-        print(f"moving statistics bit-identical on all {world} processes")
+        print(f"moving statistics bit-identical on all {world} processes", flush=True)
+    # DDP's reducer holds the group: free it (and the cycles it sits in) while the group is
+    # alive, so that no gloo thread outlives the group's shutdown.
+    del ddp, optimizer, model
+    gc.collect()
     dist.barrier()  # nobody tears the group down while another still talks to it
     dist.destroy_process_group()
 

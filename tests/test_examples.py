@@ -17,5 +17,5 @@ def test_ddp_example_trains_with_bit_identical_statistics_on_two_processes():
         timeout=300,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, f"stdout:\n{done.stdout[-1000:]}\nstderr:\n{done.stderr[-2000:]}"
     assert "moving statistics bit-identical on all 2 processes" in done.stdout
