@@ -502,16 +502,17 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
-        x, layout, normalise, update = self._prepare_call(inputs, training)
+        x, normalise, update = self._resolve_call(inputs, training)
         lanes = self.__dict__.get("_lanes")
         key = None
         if mask is None and batch_weights is None and lanes is not None and not _traced():
             key = lane_key(x, normalise, update)
             lane = lanes.get(key)
-            if lane is not None:
+            if lane is not None:  # (its shape passed the layout's check when it was made)
                 output = run_lane(self, lane, x)
                 if output is not None:
                     return output
+        layout = self._layout.with_batch(x.shape)
         try:
             result = batch_norm_checked(
                 x,
@@ -548,12 +549,16 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         :meth:`forward` and :func:`batchnorm.compat.v1.batch_norm`, which then call the
         functional.
         """
+        x, normalise, update = self._resolve_call(inputs, training)
+        return x, self._layout.with_batch(x.shape), normalise, update
+
+    def _resolve_call(self, inputs: torch.Tensor, training: Any) -> tuple[torch.Tensor, bool, bool]:
+        """:meth:`_prepare_call` without the layout (which a decided call does not need)."""
         if self._layout is None:  # forward() called directly, without the lazy-module hook
             self.initialize_parameters(inputs, training)
         check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
         normalise, update = self._resolve_training(training)
-        layout = self._layout.with_batch(inputs.shape)
-        return self._cast_input(inputs), layout, normalise, update
+        return self._cast_input(inputs), normalise, update
 
     def _commit_frozen(self, new_stats: Mapping[str, torch.Tensor]) -> None:
         """Commit what a frozen layer's training call updates (the V1 class: renorm's pair)."""
