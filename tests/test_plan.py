@@ -105,9 +105,15 @@ CASES = [
         thresholds={"ATEN_TRAINING_ELEMENTS": 0},
     ),
     Case(
-        "channels_last: channels innermost, addcmul, ATen backward",
+        "channels_last: channels innermost, addcmul below ATen's apply threshold, ATen backward",
         lambda: _channels_last(4, 8, 6, 6),
-        {"training": "passes", "apply": "scale_and_shift", "reduce": "aten", "infer": "folded"},
+        {"training": "passes", "apply": "scale_and_shift", "reduce": "aten", "infer": "aten"},
+    ),
+    Case(
+        "channels_last: ATen's apply from its threshold",
+        lambda: _channels_last(4, 8, 6, 6),
+        {"training": "passes", "apply": "aten_unit", "infer": "aten"},
+        thresholds={"ATEN_APPLY_ELEMENTS": 0},
     ),
     Case(
         "dense matrix",
@@ -121,14 +127,20 @@ CASES = [
         training=False,
     ),
     Case(
-        "channels_last inference: one addcmul",
+        "channels_last inference: ATen's kernel",
         lambda: _channels_last(4, 8, 6, 6),
+        {"infer": "aten"},
+        training=False,
+    ),
+    Case(
+        "dense inference: one addcmul",
+        lambda: _nchw(64, 8),
         {"infer": "folded", "apply": "scale_and_shift"},
         training=False,
     ),
     Case(
-        "channels_last inference with a gradient: autograd ops",
-        lambda: _channels_last(4, 8, 6, 6),
+        "dense inference with a gradient: autograd ops",
+        lambda: _nchw(64, 8),
         {"infer": "autograd"},
         training=False,
         gamma_grad=True,

@@ -144,10 +144,30 @@ def channel_sum(t: torch.Tensor, axes: Sequence[int]) -> torch.Tensor:
         return t.sum(dim=plan.reduced, keepdim=True)
     total = (t if plan.order is None else t.permute(plan.order)).view(plan.runs)
     for run in plan.reduced:
-        total = total.sum(dim=run)
+        total = _run_sum(total, run)
     total = total.view(plan.kept_sizes)
     to_logical = plan.to_logical
     return (total if to_logical is None else total.permute(to_logical)).reshape(plan.keep)
+
+
+def _run_sum(t: torch.Tensor, run: int) -> torch.Tensor:
+    """``t.sum(dim=run)``; a sum down columns (``run`` not innermost) in one part per thread.
+
+    ATen splits a sum down contiguous columns between its threads by column, while the
+    elementwise op that wrote a blocked product split it by rows: every thread then reads
+    what the other's cache holds, which made the blocked variance of a channels_last input
+    1.6x slower (``benchmarks/pass_costs.py``). Summing each thread's share of rows first,
+    then the few partial sums, keeps each thread on its own rows.
+    """
+    size = t.shape[run]
+    parts = torch.get_num_threads()
+    if run == t.dim() - 1 or parts < 2 or size % parts or size < parts * _MIN_ROWS_PER_PART:
+        return t.sum(dim=run)
+    split = (*t.shape[:run], parts, size // parts, *t.shape[run + 1 :])
+    return t.view(split).sum(dim=run + 1).sum(dim=run)
+
+
+_MIN_ROWS_PER_PART = 64
 
 
 class _SumPlan(NamedTuple):
