@@ -59,13 +59,13 @@ Metrics, per candidate and case:
   training forward (``torch.autograd.graph.saved_tensors_hooks``), and ``saved_vs_input``, the
   same over ``x.nbytes``.
 
-The targets of the performance issue are evaluated from these rows (:func:`evaluate_targets`)
-and summarised at the end; ``--check`` turns a missed target into exit status 1.
+The command reports measurements; the acceptance targets are evaluated from its JSON by
+``benchmarks/targets.py`` in the source tree.
 
 ``--compile`` times every torch candidate ``torch.compile``d (ours, native, the composites;
 tf_keras is skipped) and adds ``compiled`` and ``compile_s`` to each row: the first call's
 time beyond a compiled call's, with inductor's graph cache off and dynamo's caches emptied for
-each case. The eager targets are not evaluated then; ``saved_bytes`` is not counted.
+each case. ``saved_bytes`` is not counted then.
 """
 
 from __future__ import annotations
@@ -102,8 +102,8 @@ __all__ = [
     "Candidate",
     "Case",
     "add_parser",
-    "evaluate_targets",
     "format_case",
+    "output_paths",
     "run",
     "saved_tensor_bytes",
 ]
@@ -143,7 +143,7 @@ class Candidate:
         training_only: Timed in the training modes only (inference is the same for every
             option).
         versus: For composites and tf_keras, the ``batchnorm`` candidate computing the same
-            thing, which the targets compare it with.
+            thing (``benchmarks/targets.py`` compares their times).
         ranks: The input ranks it supports; None for all.
     """
 
@@ -812,160 +812,6 @@ def _measure_case(
     return rows
 
 
-# ---------------------------------------------------------------------------------- targets
-
-
-def _geomean(values: Sequence[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
-
-
-def _row_label(row: dict[str, Any]) -> str:
-    dims = ",".join(map(str, row["shape"]))
-    return f"({dims}) {row['layout']} {row['dtype']} {row['mode']} {row['candidate']}"
-
-
-def _target(
-    name: str,
-    description: str,
-    checked: Sequence[tuple[str, float, bool]],
-    worst_is: Callable[..., tuple[str, float, bool]] = max,
-    unchecked: str = "not measured",
-) -> dict[str, Any]:
-    """A target's verdict from ``(label, value, met)`` triples; ``worst_is`` is max or min.
-
-    ``unchecked`` says why, when there is nothing to check.
-    """
-    worst = worst_is(checked, key=lambda item: item[1]) if checked else None
-    return {
-        "id": name,
-        "description": description,
-        "met": None if not checked else all(met for _, _, met in checked),
-        "reason": None if checked else unchecked,
-        "worst": None if worst is None else worst[1],
-        "worst_row": None if worst is None else worst[0],
-        "checked": len(checked),
-        "misses": [f"{label}: {value:.3g}" for label, value, met in checked if not met],
-    }
-
-
-def evaluate_targets(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Check the targets of the performance issue against benchmark rows.
-
-    Each target is a dict: ``id``, ``description``, ``met`` (True, False, or None when no row
-    measured it), ``worst`` (the worst value checked, in the description's unit), ``worst_row``,
-    ``checked`` (how many values were checked) and ``misses`` (one line per value that missed).
-
-    Example:
-        >>> row = {"shape": [8, 4], "layout": "dense", "dtype": "float32", "mode": "infer",
-        ...        "candidate": "plain", "implementation": "batchnorm", "ratio_to_native": 0.9}
-        >>> [(t["id"], t["met"]) for t in evaluate_targets([row]) if t["met"] is not None]
-        [('inference', True)]
-    """
-    by_case: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for row in rows:
-        case = (tuple(row["shape"]), row["layout"], row["dtype"], row["mode"])
-        by_case.setdefault(case, {})[row["candidate"]] = row
-
-    def select(mode: str | None = None, candidate: str | None = None) -> list[dict[str, Any]]:
-        return [
-            row
-            for row in rows
-            if (mode is None or row["mode"] == mode)
-            and (candidate is None or row["candidate"] == candidate)
-        ]
-
-    def ratios(chosen: Iterable[dict[str, Any]], limit: float) -> list[tuple[str, float, bool]]:
-        return [
-            (_row_label(r), r["ratio_to_native"], r["ratio_to_native"] <= limit) for r in chosen
-        ]
-
-    def native_of(row: dict[str, Any]) -> dict[str, Any]:
-        return by_case[(tuple(row["shape"]), row["layout"], row["dtype"], row["mode"])]["native"]
-
-    ours = [row for row in rows if row["implementation"] == "batchnorm"]
-    plain_step = select("train_fwdbwd", "plain")
-    slow_native = [
-        row
-        for row in plain_step
-        if row["layout"] == "NCHW" and native_of(row)["fraction_of_bound"] < 0.3
-    ]
-    bound = [
-        row
-        for row in ours
-        if row["mode"] == "train_fwdbwd"
-        and tuple(row["shape"]) == (32, 64, 56, 56)
-        and row["dtype"] == "float32"
-    ]
-    options = [row for row in ours if row["candidate"] != "plain" and row["mode"] != "infer"]
-    targets = [
-        _target(
-            "plain_fwdbwd",
-            "plain train_fwdbwd <= 1.00x native, every shape/layout/dtype",
-            ratios(plain_step, 1.0),
-        ),
-        _target(
-            "plain_fwdbwd_nchw",
-            "plain train_fwdbwd <= 0.60x native where NCHW native is under 30% of the bound",
-            ratios(slow_native, 0.6),
-            unchecked="not applicable: native reached 30% of the bound or more in every NCHW case"
-            if any(row["layout"] == "NCHW" for row in plain_step)
-            else "not measured",
-        ),
-        _target(
-            "bound_60",
-            "every option >= 0.60 of the bound, (32,64,56,56) float32 train_fwdbwd",
-            [(_row_label(r), r["fraction_of_bound"], r["fraction_of_bound"] >= 0.6) for r in bound],
-            min,
-        ),
-        _target(
-            "options_vs_native",
-            "every option alone <= 1.15x native plain, training modes",
-            ratios(options, 1.15),
-        ),
-    ]
-    for implementation, factor in (("composite", 3.0), ("tf_keras", 2.0)):
-        slowdowns: dict[str, list[float]] = {}
-        for case_rows in by_case.values():
-            for name, row in case_rows.items():
-                versus = CANDIDATES[name].versus if name in CANDIDATES else None
-                if (
-                    row["implementation"] == implementation
-                    and row["mode"] == "train_fwdbwd"
-                    and versus in case_rows
-                ):
-                    slowdown = row["median_ms"] / case_rows[versus]["median_ms"]
-                    slowdowns.setdefault(f"{name} / {versus}", []).append(slowdown)
-        geomeans = {pair: _geomean(values) for pair, values in slowdowns.items()}
-        target = _target(
-            f"{implementation}_{factor:g}x",
-            f"{implementation} / ours >= {factor:g}x (time, geomean over train_fwdbwd cases)",
-            [(pair, value, value >= factor) for pair, value in geomeans.items()],
-            min,
-        )
-        target["geomeans"] = geomeans
-        targets.append(target)
-    targets.append(
-        _target("inference", "plain infer <= 1.00x native", ratios(select("infer", "plain"), 1.0))
-    )
-    memory = [row for row in ours if row.get("saved_bytes_limit")]
-    targets.append(
-        _target(
-            "saved_bytes",
-            "saved for backward / (native's + 16 per-channel float32 vectors + weights or mask)"
-            " <= 1",
-            [
-                (
-                    _row_label(r),
-                    r["saved_bytes"] / r["saved_bytes_limit"],
-                    r["saved_bytes"] <= r["saved_bytes_limit"],
-                )
-                for r in memory
-            ],
-        )
-    )
-    return targets
-
-
 # ---------------------------------------------------------------------------------- output
 
 
@@ -1044,27 +890,6 @@ def _routes_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
         if row.get("routes") and row["routes"] != "compiled":
             takers.setdefault(row["routes"], []).append(row["candidate"])
     return [f"routes: {plan} ({', '.join(names)})" for plan, names in takers.items()]
-
-
-def format_targets(targets: Sequence[dict[str, Any]]) -> str:
-    """The one-line-per-target summary printed at the end of a run.
-
-    Example:
-        >>> print(format_targets(evaluate_targets([])[:1]))
-        targets (issue 4):
-          [ -- ] plain train_fwdbwd <= 1.00x native, every shape/layout/dtype: not measured
-    """
-    lines = ["targets (issue 4):"]
-    for target in targets:
-        if target["met"] is None:
-            lines.append(f"  [ -- ] {target['description']}: {target['reason']}")
-            continue
-        mark = " OK " if target["met"] else "MISS"
-        detail = f"worst {target['worst']:.2f} ({target['worst_row']})"
-        if target["misses"]:
-            detail += f"; {len(target['misses'])} of {target['checked']} missed"
-        lines.append(f"  [{mark}] {target['description']}: {detail}")
-    return "\n".join(lines)
 
 
 def _cpu_model() -> str | None:
@@ -1229,12 +1054,25 @@ def _compile_cache(compiled: bool) -> Iterator[None]:
         yield
 
 
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Where a run with parsed arguments ``args`` writes its JSON report and its PNG chart.
+
+    Example:
+        >>> paths = output_paths(argparse.Namespace(out_dir="out", json=None, png="c.png"))
+        >>> [path.as_posix() for path in paths]
+        ['out/bench.json', 'c.png']
+    """
+    out_dir = Path(args.out_dir) if args.out_dir else Path.cwd()
+    json_path = Path(args.json) if args.json else out_dir / "bench.json"
+    png_path = Path(args.png) if args.png else out_dir / "bench.png"
+    return json_path, png_path
+
+
 def run(args: argparse.Namespace) -> int:
-    """Run the benchmark with parsed arguments; print tables and targets, write JSON and PNG.
+    """Run the benchmark with parsed arguments; print tables, write JSON and PNG.
 
     Returns:
-        0; 1 when a candidate failed, or with ``--check`` when a measured target was missed;
-        2 when the device is not available.
+        0; 1 when a candidate failed; 2 when the device is not available.
     """
     started = time.perf_counter()
     device = torch.device(args.device)
@@ -1271,9 +1109,7 @@ def run(args: argparse.Namespace) -> int:
     threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
-    out_dir = Path(args.out_dir) if args.out_dir else Path.cwd()
-    json_path = Path(args.json) if args.json else out_dir / "bench.json"
-    png_path = Path(args.png) if args.png else out_dir / "bench.png"
+    json_path, png_path = output_paths(args)
     env = environment(device)
     env["allocator"] = allocator
     if tensorflow is not None:
@@ -1308,10 +1144,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         torch.set_num_threads(threads)
 
-    # The targets are the eager ones; a compiled run reports its ratios and compile times.
-    targets = [] if settings.compiled else evaluate_targets(rows)
-    if targets:
-        print(f"\n{format_targets(targets)}")
     for note in notes:
         print(f"note: {note}")
     png_message = write_png(rows, png_path) if rows else "no rows: no PNG written"
@@ -1338,7 +1170,6 @@ def run(args: argparse.Namespace) -> int:
         "candidates": {name: CANDIDATES[name].description for name in settings.candidates},
         "bound_passes": PASSES,
         "rows": rows,
-        "targets": targets,
         "notes": notes,
         "png": str(png_path) if png_message.startswith("chart written") else None,
         "wall_s": wall,
@@ -1347,8 +1178,7 @@ def run(args: argparse.Namespace) -> int:
     json_path.write_text(json.dumps(_json_ready(report), indent=1) + "\n", encoding="utf-8")
     print(f"results written to {json_path}; {png_message}; {wall:.0f} s in all", flush=True)
     failed = any(" failed on " in note for note in notes)
-    missed = any(target["met"] is False for target in targets)
-    return 1 if failed or (args.check and missed) else 0
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------- parser
@@ -1396,8 +1226,7 @@ def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
         help="time the fast path against torch's batch_norm, composites and tf_keras",
         description="Time batchnorm's fast path, option by option, against"
         " torch.nn.functional.batch_norm, hand-written composites and (when installed) tf_keras,"
-        " interleaved in one process; print tables and the performance targets, write JSON and"
-        " a PNG chart.",
+        " interleaved in one process; print tables, write JSON and a PNG chart.",
     )
     shapes = ", ".join("x".join(map(str, s)) for s in DEFAULT_SHAPES)
     parser.add_argument(
@@ -1443,9 +1272,6 @@ def add_parser(commands: SubParsers) -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", help="where bench.json and bench.png go (default: .)")
     parser.add_argument("--json", help="the JSON file (default OUT_DIR/bench.json)")
     parser.add_argument("--png", help="the PNG chart (default OUT_DIR/bench.png)")
-    parser.add_argument(
-        "--check", action="store_true", help="exit with status 1 when a measured target is missed"
-    )
     parser.add_argument(
         "--system-allocator",
         action="store_true",
