@@ -21,6 +21,7 @@ LAYERS = {
     "_axes": 1,
     "_moments": 1,
     "_affine": 1,
+    "_nonfinite": 1,
     "_tf_rules": 1,
     "_reductions": 1,
     "_aten": 1,

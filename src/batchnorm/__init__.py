@@ -10,7 +10,7 @@ Example:
 """
 
 from batchnorm import compat, constraints, convert, functional, initializers, regularizers
-from batchnorm._errors import BatchNormError, SynchronizationError
+from batchnorm._errors import BatchNormError, NonFiniteBatchError, SynchronizationError
 from batchnorm.convert import convert_sync_batchnorm
 from batchnorm.layer import BatchNormalization, apply_updates, discard_updates
 
@@ -25,6 +25,7 @@ __all__ = [
     "discard_updates",
     "functional",
     "initializers",
+    "NonFiniteBatchError",
     "regularizers",
     "SynchronizationError",
 ]

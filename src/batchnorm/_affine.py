@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import torch
 
+from batchnorm._nonfinite import guarded
 from batchnorm._types import Affine, Moments
 
 __all__ = [
@@ -268,6 +269,7 @@ def updated_statistics(
     variance_correction: bool,
     renorm_momentum: float | None = None,
     zero_debias: bool = False,
+    nonfinite: str = "skip",
 ) -> dict[str, torch.Tensor]:
     r"""The moving statistics after one training step on ``batch`` (per channel, state-shaped).
 
@@ -286,7 +288,9 @@ def updated_statistics(
       ``renorm_stddev = EMA(renorm_stddev, s, renorm_momentum)``.
 
     A channel with no data (count 0: an empty batch, all weights or mask zero) keeps every
-    statistic; ``local_step`` still counts the step.
+    statistic; ``local_step`` still counts the step. A batch whose moments are not finite
+    updates as ``nonfinite`` says (:mod:`batchnorm._nonfinite`: by default it changes
+    nothing but ``skipped_updates``).
 
     Example:
         >>> state = {"moving_mean": torch.zeros(1), "moving_variance": torch.ones(1)}
@@ -325,7 +329,7 @@ def updated_statistics(
         new = {name: torch.where(has_data, value, state[name]) for name, value in new.items()}
     if zero_debias:
         new["local_step"] = state["local_step"] + 1
-    return new
+    return guarded(new, state, batch, nonfinite)
 
 
 def _like(t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:

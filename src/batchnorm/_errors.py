@@ -14,6 +14,7 @@ from typing import Any
 
 __all__ = [
     "BatchNormError",
+    "NonFiniteBatchError",
     "SynchronizationError",
     "check",
     "check_epsilon",
@@ -27,6 +28,10 @@ __all__ = [
 
 class BatchNormError(ValueError):
     """A bad argument or input. Subclasses ``ValueError`` so Keras-style ``except`` still works."""
+
+
+class NonFiniteBatchError(BatchNormError):
+    """A training batch's moments are NaN or Inf and the layer's ``nonfinite`` is ``"raise"``."""
 
 
 class SynchronizationError(BatchNormError):

@@ -120,6 +120,7 @@ def make_lane(
         "variance_correction": correction,
         "renorm_momentum": None,
         "zero_debias": options.zero_debias_moving_mean,
+        "nonfinite": options.nonfinite,
     }
     return Lane(axes, options.epsilon, rule, plan.fold)
 

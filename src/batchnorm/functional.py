@@ -39,6 +39,7 @@ from batchnorm._errors import (
 )
 from batchnorm._kernels import InferenceCall, NormalizeApply, aten_training, infer
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups, weight_total
+from batchnorm._nonfinite import check_nonfinite
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._standardize import Standardize
@@ -75,6 +76,7 @@ class StatisticsUpdate(NamedTuple):
         variance_correction: Whether the stored variance is Bessel-corrected.
         renorm_momentum: Decay of renorm's statistics, or None without renorm.
         zero_debias: Whether the moving mean is zero-debiased (tf-slim).
+        nonfinite: What a batch with non-finite moments does (:mod:`batchnorm._nonfinite`).
     """
 
     batch: Moments
@@ -83,6 +85,7 @@ class StatisticsUpdate(NamedTuple):
     variance_correction: bool
     renorm_momentum: float | None
     zero_debias: bool
+    nonfinite: str = "skip"
 
     def apply_to(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The statistics after this update, from ``state``; never mutates it."""
@@ -95,6 +98,7 @@ class StatisticsUpdate(NamedTuple):
                 variance_correction=self.variance_correction,
                 renorm_momentum=self.renorm_momentum,
                 zero_debias=self.zero_debias,
+                nonfinite=self.nonfinite,
             )
 
 
@@ -454,6 +458,7 @@ def batch_norm(
     local_step: torch.Tensor | None = None,
     synchronized: bool = False,
     process_group: Any = None,
+    nonfinite: str = "skip",
 ) -> BatchNormResult:
     r"""Batch normalization as TensorFlow defines it, in all its forms, without hidden state.
 
@@ -526,6 +531,11 @@ def batch_norm(
             statistics and renorm, are merged across the processes.
         process_group: The ``torch.distributed`` group to synchronize over (None: the
             default group).
+        nonfinite: What a training batch whose mean or variance is NaN or Inf does to the
+            moving statistics: ``"skip"`` (default) returns them unchanged, ``"propagate"``
+            updates as TensorFlow does (writing the NaN in), ``"raise"`` raises
+            :class:`batchnorm.NonFiniteBatchError` (reading one value on the host). The
+            output is the batch's own either way. See :mod:`batchnorm._nonfinite`.
 
     Returns:
         :class:`BatchNormResult`: the output, the new statistics, and the update itself.
@@ -557,6 +567,7 @@ def batch_norm(
         zero_debias_moving_mean=zero_debias_moving_mean,
         synchronized=synchronized,
         process_group=process_group,
+        nonfinite=nonfinite,
     )
     state = {"moving_mean": moving_mean, "moving_variance": moving_variance}
     if renorm:
@@ -593,6 +604,7 @@ class Options(NamedTuple):
     zero_debias_moving_mean: bool
     synchronized: bool = False
     process_group: Any = None
+    nonfinite: str = "skip"
 
 
 def check_options(
@@ -611,6 +623,7 @@ def check_options(
     zero_debias_moving_mean: bool = False,
     synchronized: bool = False,
     process_group: Any = None,
+    nonfinite: str = "skip",
 ) -> Options:
     """:func:`batch_norm`'s options, checked, as :class:`Options` (defaults as there).
 
@@ -652,6 +665,7 @@ def check_options(
         zero_debias_moving_mean,
         synchronized,
         process_group,
+        check_nonfinite(nonfinite),
     )
 
 
@@ -747,6 +761,7 @@ def batch_norm_checked(
         _variance_correction(options, layout, moving_mean.dtype, weighted=weights is not None),
         options.renorm_momentum if options.renorm else None,
         options.zero_debias_moving_mean,
+        options.nonfinite,
     )
     return BatchNormResult(view.restore(y), update.apply_to(state), update)
 

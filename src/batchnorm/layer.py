@@ -22,6 +22,7 @@ from batchnorm import constraints, initializers, regularizers
 from batchnorm._axes import AxisArgument, ChannelLayout, validate_axis_argument
 from batchnorm._errors import (
     BatchNormError,
+    NonFiniteBatchError,
     SynchronizationError,
     check,
     check_epsilon,
@@ -32,6 +33,7 @@ from batchnorm._errors import (
     fail,
 )
 from batchnorm._lanes import lane_key, make_lane, run_lane
+from batchnorm._nonfinite import SKIPPED_UPDATES, check_nonfinite
 from batchnorm._tf_rules import tensorflow_can_fuse, tensorflow_runs_fused_kernel
 from batchnorm.functional import (
     Options,
@@ -163,6 +165,12 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             the same arguments (Bessel-corrected where tf_keras runs its fused kernel: rank 4
             or 5, channels-first or -last axis, float16/32 variables, ``fused`` not False);
             True or False force it.
+        nonfinite: What a training batch whose mean or variance is NaN or Inf does to the
+            moving statistics: ``"skip"`` (default) leaves every statistic as it was and adds
+            one to :attr:`skipped_updates`; ``"propagate"`` updates as TensorFlow does
+            (writing the NaN in for good); ``"raise"`` raises
+            :class:`batchnorm.NonFiniteBatchError` naming the layer, statistics unchanged.
+            The call's output is the batch's own either way (:mod:`batchnorm._nonfinite`).
         input_shape: Input shape without the batch axis; builds the weights at once.
             Otherwise the weights are ``torch.nn.UninitializedParameter`` /
             ``UninitializedBuffer`` until the first call materializes them in place (torch's
@@ -227,6 +235,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         deferred_updates: bool = False,
         moving_variance_correction: bool | None = None,
         virtual_batch_layout: str = "strided",
+        nonfinite: str = "skip",
         input_shape: Sequence[int | None] | None = None,
         dtype: Any = None,
         device: torch.device | str | None = None,
@@ -263,6 +272,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         )
         self.adjustment = adjustment
         self.zero_debias_moving_mean = zero_debias_moving_mean
+        self.nonfinite = check_nonfinite(nonfinite)
         self.deferred_updates = deferred_updates
         self._pending: list[PendingUpdate] = []
         check(name is None or isinstance(name, str), "name", name, "a string or None")
@@ -324,6 +334,9 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             dtype = torch.float32 if name == "local_step" else self._variable_dtype
             buffer = UninitializedBuffer(device=self._device, dtype=dtype)
             self.register_buffer(name, buffer if name in names else None)
+        # A count, not a weight: in no checkpoint, get_weights or config (and reset by none).
+        counter = UninitializedBuffer(device=self._device, dtype=torch.int64)
+        self.register_buffer(SKIPPED_UPDATES, counter, persistent=False)
 
     @property
     def built(self) -> bool:
@@ -417,6 +430,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 "moving_mean_biased": torch.zeros_like(mean),
                 "local_step": torch.zeros((), dtype=torch.float32),
             }
+        values[SKIPPED_UPDATES] = torch.zeros((), dtype=torch.int64)
         return values
 
     def initialize_parameters(
@@ -505,15 +519,15 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         x, normalise, update = self._resolve_call(inputs, training)
         lanes = self.__dict__.get("_lanes")
         key = None
-        if mask is None and batch_weights is None and lanes is not None and not _traced():
-            key = lane_key(x, normalise, update)
-            lane = lanes.get(key)
-            if lane is not None:  # (its shape passed the layout's check when it was made)
-                output = run_lane(self, lane, x)
-                if output is not None:
-                    return output
-        layout = self._layout.with_batch(x.shape)
         try:
+            if mask is None and batch_weights is None and lanes is not None and not _traced():
+                key = lane_key(x, normalise, update)
+                lane = lanes.get(key)
+                if lane is not None:  # (its shape passed the layout's check when it was made)
+                    output = run_lane(self, lane, x)
+                    if output is not None:
+                        return output
+            layout = self._layout.with_batch(x.shape)
             result = batch_norm_checked(
                 x,
                 self._state(),
@@ -526,8 +540,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 layout=layout,
                 state_checked=True,
             )
-        except SynchronizationError as error:  # which layer disagreed
-            raise SynchronizationError(f"layer {self.name!r}: {error}") from error
+        except (SynchronizationError, NonFiniteBatchError) as error:  # which layer it was
+            raise type(error)(f"layer {self.name!r}: {error}") from error
         if update and result.update is not None:
             if self.deferred_updates:
                 self._pending.append(PendingUpdate(self, result.update))
@@ -600,6 +614,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 zero_debias_moving_mean=self.zero_debias_moving_mean,
                 synchronized=self.synchronized,
                 process_group=self.process_group,
+                nonfinite=self.nonfinite,
             )
             self.__dict__["_checked_options"] = options
         return options
@@ -607,7 +622,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
     def _state(self) -> dict[str, torch.Tensor]:
         """The moving statistics by TensorFlow name (only those this configuration has)."""
         buffers = self._buffers  # read directly: Module.__getattr__ costs a microsecond a name
-        return {name: buffers[name] for name in _STATE_NAMES if buffers.get(name) is not None}
+        return {name: buffers[name] for name in _STATE_AND_COUNTER if buffers.get(name) is not None}
 
     def _cast_input(self, inputs: torch.Tensor) -> torch.Tensor:
         compute = self._current_compute_dtype()
@@ -996,6 +1011,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             config["zero_debias_moving_mean"] = True
         if self.deferred_updates:
             config["deferred_updates"] = True
+        if self.nonfinite != "skip":
+            config["nonfinite"] = self.nonfinite
         if self.synchronized:  # as in Keras 3 (tf_keras never writes it)
             config["synchronized"] = True
         if self._fused is not None:
@@ -1145,6 +1162,7 @@ _CALL_OPTION_ATTRIBUTES = frozenset(
         "virtual_batch_layout",
         "adjustment",
         "zero_debias_moving_mean",
+        "nonfinite",
     }
 )
 
@@ -1157,6 +1175,7 @@ _STATE_NAMES = (
     "moving_mean_biased",
     "local_step",
 )
+_STATE_AND_COUNTER = (*_STATE_NAMES, SKIPPED_UPDATES)
 
 
 class PendingUpdate:
@@ -1271,4 +1290,5 @@ _CONFIG_KEYS = (
     "synchronized",
     "zero_debias_moving_mean",
     "deferred_updates",
+    "nonfinite",
 )
