@@ -267,10 +267,12 @@ def test_dtype_policies():
         assert layer(torch.randn(4, 3)).dtype == compute
 
 
-def test_integer_input_is_cast_to_the_variable_dtype():
+def test_integer_input_is_cast_to_the_variable_dtype_in_inference_only():
     layer = bn.BatchNormalization()
-    y = layer(torch.arange(12).reshape(4, 3))
+    y = layer(torch.arange(12).reshape(4, 3), training=False)
     assert y.dtype == torch.float32
+    with pytest.raises(bn.BatchNormError, match=r"inputs\.dtype=torch\.int64"):
+        layer(torch.arange(12).reshape(4, 3), training=True)
 
 
 def test_channels_last_stays_channels_last(generator):

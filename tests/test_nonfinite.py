@@ -29,7 +29,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
 CALLS: dict[str, dict[str, Any]] = {
     "nan": {},
     "inf": {},
-    "infinite_weight": {"batch_weights": torch.tensor([1.0, float("inf"), 1.0, 1.0])},
+    "overflow": {},  # finite values whose squares overflow: a finite mean, an infinite variance
 }
 
 
@@ -39,6 +39,8 @@ def _batch(kind: str) -> torch.Tensor:
         x[1, 0, 2] = float("nan")
     elif kind == "inf":
         x[2, 2, 0] = float("inf")
+    elif kind == "overflow":
+        x[:, 1] = torch.tensor([3e19, 3e19, -3e19, -3e19]).unsqueeze(1)  # (ghost groups too)
     return x
 
 
@@ -96,6 +98,15 @@ def test_raise_names_the_layer_and_changes_nothing(option: str) -> None:
     assert int(layer.skipped_updates) == 0
     layer(torch.randn(4, 3, 5), training=True)  # a finite batch is fine
     assert isinstance(bn.NonFiniteBatchError("x"), ValueError)
+
+
+def test_an_infinite_batch_weight_is_refused_before_anything_changes() -> None:
+    layer = _layer({})
+    before = _snapshot(layer)
+    weights = torch.tensor([1.0, float("inf"), 1.0, 1.0])
+    with pytest.raises(bn.BatchNormError, match="batch_weights='a NaN or infinite entry'"):
+        layer(torch.randn(4, 3, 5), training=True, batch_weights=weights)
+    _assert_unchanged(layer, before)
 
 
 def test_the_output_of_a_skipped_batch_is_its_own() -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "batch_norm",
     "batch_norm_checked",
     "check_options",
+    "check_real_input",
     "routes",
 ]
 
@@ -287,21 +288,59 @@ def _example_weights(
                 tuple(batch_weights.shape),
                 f"({x.shape[0]},), one weight per example of the batch",
             )
+        check(not batch_weights.is_complex(), "batch_weights.dtype", batch_weights.dtype, "real")
         weights = batch_weights.detach().to(dtype).reshape((-1,) + (1,) * (x.dim() - 1))
-        non_negative = (weights >= 0).all()
-        if torch._C._are_functorch_transforms_active():  # vmap can neither read nor assert it
-            pass
-        elif torch.compiler.is_compiling() or weights.device.type != "cpu":
-            # Checked on the device: no host synchronization (an accelerator's queue runs on).
-            torch._assert_async(non_negative, "batch_weights: expected non-negative weights")
-        else:  # on the CPU the value is at hand: a BatchNormError that names the argument
-            check(bool(non_negative), "batch_weights", "a negative entry", "non-negative weights")
+        _check_entries(
+            "batch_weights",
+            {
+                "a NaN or infinite entry": torch.isfinite(weights).all(),
+                "a negative entry": (weights >= 0).all(),
+            },
+            "finite, non-negative weights",
+        )
     if mask is not None:
         check(isinstance(mask, torch.Tensor), "mask", type(mask).__name__, "a torch.Tensor")
+        check(not mask.is_complex(), "mask.dtype", mask.dtype, "bool, or real 0/1 values")
         shape = _mask_shape(mask, x, layout)
+        if mask.dtype != torch.bool:
+            zero_or_one = torch.logical_or(mask == 0, mask == 1).all()
+            _check_entries("mask", {"an entry other than 0 and 1": zero_or_one}, "bool or 0/1")
         mask_weights = _materialized(mask.detach().reshape(shape).to(dtype))
         weights = mask_weights if weights is None else weights * mask_weights
     return weights
+
+
+def check_real_input(x: torch.Tensor, argument: str, training: bool) -> None:
+    """Refuse a complex input, and an integer or bool one in training (not floating point).
+
+    Inference casts integers and bools (their normalised values are well defined); training
+    would take the moments of a quantized signal, and a complex input would lose its
+    imaginary part without a word.
+    """
+    check(not x.is_complex(), f"{argument}.dtype", x.dtype, "a real dtype")
+    check(
+        not training,
+        f"{argument}.dtype",
+        x.dtype,
+        "a floating dtype in training (integer and bool inputs are cast in inference only)",
+    )
+
+
+def _check_entries(argument: str, verdicts: Mapping[str, torch.Tensor], expected: str) -> None:
+    """Refuse ``argument`` where a verdict (a 0-d bool tensor, by what it rules out) is False.
+
+    On the CPU the verdicts are at hand: a BatchNormError naming the argument and the first
+    failed rule. Elsewhere, and while compiling, each is asserted on the device (no host
+    synchronization: an accelerator's queue runs on, and the error comes from the device).
+    ``torch.func`` transforms can neither read nor assert them: unchecked there.
+    """
+    if torch._C._are_functorch_transforms_active():
+        return
+    for found, verdict in verdicts.items():
+        if torch.compiler.is_compiling() or verdict.device.type != "cpu":
+            torch._assert_async(verdict, f"{argument}: expected {expected}, found {found}")
+        else:
+            check(bool(verdict), argument, found, expected)
 
 
 def _materialized(t: torch.Tensor) -> torch.Tensor:
@@ -332,7 +371,22 @@ def _adjustment_affine(
     """The ``adjustment``'s ``(scale, bias)`` for ``x``, placed against the view; None without."""
     if adjustment is None:
         return None
-    adj_scale, adj_bias = adjustment(x.shape)
+    result = adjustment(x.shape)
+    check(
+        isinstance(result, (tuple, list)) and len(result) == 2,
+        "adjustment result",
+        type(result).__name__ if not isinstance(result, (tuple, list)) else f"{len(result)} items",
+        "a (scale, bias) pair of tensors or numbers broadcastable to the input",
+    )
+    adj_scale, adj_bias = result
+    for part, value in (("scale", adj_scale), ("bias", adj_bias)):
+        check(
+            isinstance(value, (torch.Tensor, int, float))
+            and not torch.is_complex(torch.as_tensor(value)),
+            f"adjustment {part}",
+            type(value).__name__,
+            "a real tensor or number",
+        )
     return Affine(
         view.place(torch.as_tensor(adj_scale).to(device=x.device, dtype=dtype), "adjustment scale"),
         view.place(torch.as_tensor(adj_bias).to(device=x.device, dtype=dtype), "adjustment bias"),
@@ -700,8 +754,15 @@ def batch_norm_checked(
             "a torch.Tensor (state the chosen options need)",
         )
     moving_mean = state["moving_mean"]
+    if x.device != moving_mean.device:
+        raise fail(
+            "x.device",
+            x.device,
+            f"{moving_mean.device}, where the moving statistics are (move the input, or the "
+            "layer with .to())",
+        )
     if not x.is_floating_point():
-        check(not x.is_complex(), "x.dtype", x.dtype, "a real dtype")
+        check_real_input(x, "x", training)
         x = x.to(moving_mean.dtype)
     if layout is None:
         layout = ChannelLayout.from_axis(options.axis, x.shape)

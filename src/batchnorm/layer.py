@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.lazy import LazyModuleMixin
-from torch.nn.parameter import UninitializedBuffer, UninitializedParameter
+from torch.nn.parameter import UninitializedBuffer, UninitializedParameter, is_lazy
 
 from batchnorm import constraints, initializers, regularizers
 from batchnorm._axes import AxisArgument, ChannelLayout, validate_axis_argument
@@ -41,6 +41,7 @@ from batchnorm.functional import (
     _traced,
     batch_norm_checked,
     check_options,
+    check_real_input,
 )
 
 __all__ = [
@@ -388,10 +389,18 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         if self.virtual_batch_size is not None:  # TensorFlow's ghost-batch variable shape
             param_shape = (1, 1, *layout.broadcast_shape[1:])
         values = self._initial_values(param_shape)
+        target = device or self._device or self.moving_mean.device
+        check(
+            target.type != "meta" or self.moving_mean.device.type == "meta",
+            "inputs.device",
+            target,
+            "a device with data for an unbuilt layer's first call (torch cannot move an "
+            "uninitialized weight to meta); to trace shapes only, build the layer first "
+            "(input_shape=...), then layer.to('meta')",
+        )
         with torch.no_grad():
             for name, value in values.items():
                 weight = getattr(self, name)
-                target = device or self._device or weight.device
                 weight.materialize(value.shape, device=target, dtype=weight.dtype)
                 weight.copy_(value)
         self._layout = layout
@@ -572,6 +581,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             self.initialize_parameters(inputs, training)
         check(isinstance(inputs, torch.Tensor), "inputs", type(inputs).__name__, "a torch.Tensor")
         normalise, update = self._resolve_training(training)
+        if not inputs.is_floating_point():
+            check_real_input(inputs, "inputs", normalise)
         return self._cast_input(inputs), normalise, update
 
     def _commit_frozen(self, new_stats: Mapping[str, torch.Tensor]) -> None:
@@ -860,7 +871,8 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         An unbuilt layer has no weights: it accepts ``[]`` (as Keras does) and nothing else.
 
         Raises:
-            BatchNormError: on a wrong count or shape; no weight is changed then.
+            BatchNormError: on a wrong count, shape or dtype kind (not real numbers); no weight
+                is changed then.
 
         Example:
             >>> layer = BatchNormalization(input_shape=(2,))
@@ -887,6 +899,12 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
                 f"weights[{index}].shape ({weight_name})",
                 tuple(array.shape),
                 f"{tuple(target.shape)}",
+            )
+            check(
+                array.dtype.kind in "fiu",  # real numbers (not bool, complex, strings, objects)
+                f"weights[{index}].dtype ({weight_name})",
+                str(array.dtype),
+                "a real number dtype (float or int)",
             )
             values.append(torch.as_tensor(array, dtype=target.dtype, device=target.device))
         with torch.no_grad():
@@ -1099,12 +1117,71 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
 
     def set_extra_state(self, state: Any) -> None:
         """Check the saved layout version; the weights themselves load as usual."""
+        problem = _extra_state_problem(state)
+        if problem is not None:
+            raise BatchNormError(problem)
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Torch's ``load_state_dict``, all or nothing: every entry is checked before any loads.
+
+        Raises:
+            BatchNormError: (a ValueError) naming every missing, unexpected (with ``strict``)
+                or mis-shaped entry, or a bad ``_extra_state``; the layer is left unchanged.
+
+        Example:
+            >>> layer = BatchNormalization(axis=1, input_shape=(3,))
+            >>> twin = BatchNormalization(axis=1, input_shape=(3,))
+            >>> twin.load_state_dict(layer.state_dict())
+            <All keys matched successfully>
+        """
         check(
-            isinstance(state, dict) and state.get("format_version") == _STATE_FORMAT_VERSION,
-            "state_dict['_extra_state']",
-            state,
-            f"a dict with format_version {_STATE_FORMAT_VERSION}",
+            isinstance(state_dict, Mapping),
+            "state_dict",
+            type(state_dict).__name__,
+            "a mapping of names to tensors (module.state_dict())",
         )
+        problems = self._checkpoint_problems(state_dict, "", strict)
+        if strict:
+            known = set(self.state_dict())
+            problems += [f"unexpected key {key!r}" for key in state_dict if key not in known]
+        if problems:
+            raise fail(
+                f"state_dict for layer {self.name!r}",
+                "; ".join(problems),
+                f"the entries of this layer's own state_dict(): {sorted(self.state_dict())}",
+            )
+        return super().load_state_dict(state_dict, strict, assign)
+
+    def _checkpoint_problems(
+        self, state_dict: Mapping[str, Any], prefix: str, strict: bool
+    ) -> list[str]:
+        """What keeps ``state_dict`` (this layer's entries under ``prefix``) from loading whole."""
+        problems = []
+        own = {**self._parameters, **{n: b for n, b in self._buffers.items() if n in _STATE_NAMES}}
+        for name, tensor in own.items():
+            if tensor is None:
+                continue
+            if prefix + name not in state_dict:
+                if strict:
+                    problems.append(f"missing key {name!r}")
+                continue
+            value = state_dict[prefix + name]
+            if not isinstance(value, torch.Tensor):
+                problems.append(f"{name!r} is a {type(value).__name__}, not a tensor")
+            elif value.is_complex() or value.dtype == torch.bool:
+                problems.append(f"{name!r} has dtype {value.dtype}, not a real number type")
+            elif not is_lazy(tensor) and value.shape != tensor.shape:
+                shape, expected = tuple(value.shape), tuple(tensor.shape)
+                problems.append(f"{name!r} has shape {shape}, this layer's is {expected}")
+        extra = state_dict.get(prefix + "_extra_state")
+        if extra is None:
+            if strict:
+                problems.append("missing key '_extra_state'")
+        elif (problem := _extra_state_problem(extra)) is not None:
+            problems.append(problem)
+        return problems
 
     def _load_from_state_dict(
         self,
@@ -1116,7 +1193,16 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        """Build an unbuilt layer from the saved build shape first, so loading can fill it."""
+        """Build an unbuilt layer from the saved build shape first, so loading can fill it.
+
+        All or nothing also inside a model's ``load_state_dict``: where one of this layer's
+        entries cannot load (missing under ``strict``, mis-shaped), none of them does, and torch
+        reports why.
+        """
+        problems = self._checkpoint_problems(state_dict, prefix, strict)
+        if problems:
+            error_msgs.extend(f"layer {self.name!r} ({prefix or 'top'}): {p}" for p in problems)
+            return
         extra = state_dict.get(prefix + "_extra_state")
         if not self.built and isinstance(extra, dict) and extra.get("build_input_shape"):
             self.build(extra["build_input_shape"])
@@ -1165,6 +1251,17 @@ _CALL_OPTION_ATTRIBUTES = frozenset(
         "nonfinite",
     }
 )
+
+
+def _extra_state_problem(state: Any) -> str | None:
+    """Why ``state`` is not this library's ``_extra_state``, or None where it is."""
+    if isinstance(state, dict) and state.get("format_version") == _STATE_FORMAT_VERSION:
+        return None
+    return (
+        f"state_dict['_extra_state']={state!r}; expected a dict with format_version "
+        f"{_STATE_FORMAT_VERSION}"
+    )
+
 
 _STATE_NAMES = (
     "moving_mean",
