@@ -10,7 +10,10 @@ from hypothesis import settings
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=150, deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") else "dev")
+settings.register_profile("fuzz", max_examples=2000, deadline=None)  # a long local run
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev")
+)
 
 # One dtype-indexed table: (rtol, atol) for comparing two implementations of the same math.
 TOLERANCES: dict[torch.dtype, tuple[float, float]] = {

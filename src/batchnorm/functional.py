@@ -56,6 +56,7 @@ __all__ = [
     "batch_norm_checked",
     "check_options",
     "check_real_input",
+    "check_zero_debias_momentum",
     "routes",
 ]
 
@@ -308,6 +309,20 @@ def _example_weights(
         mask_weights = _materialized(mask.detach().reshape(shape).to(dtype))
         weights = mask_weights if weights is None else weights * mask_weights
     return weights
+
+
+def check_zero_debias_momentum(zero_debias: bool, momentum: float) -> None:
+    """Refuse ``momentum=1`` with zero-debias, whose moving mean would be ``0 / 0``.
+
+    tf-slim's bias factor ``1 - momentum ** step`` is then 0 (TensorFlow writes NaN).
+    """
+    check(
+        not (zero_debias and momentum == 1.0),
+        "momentum",
+        momentum,
+        "below 1 with zero_debias_moving_mean=True (the bias factor 1 - momentum ** step "
+        "would be 0, the moving mean 0 / 0)",
+    )
 
 
 def check_real_input(x: torch.Tensor, argument: str, training: bool) -> None:
@@ -704,6 +719,7 @@ def check_options(
     check_optional_bool(moving_variance_correction, "moving_variance_correction")
     check_virtual_batch(virtual_batch_size, virtual_batch_layout)
     validate_axis_argument(axis)
+    check_zero_debias_momentum(zero_debias_moving_mean, momentum)
     return Options(
         axis,
         check_momentum(momentum),

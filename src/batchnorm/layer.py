@@ -42,6 +42,7 @@ from batchnorm.functional import (
     batch_norm_checked,
     check_options,
     check_real_input,
+    check_zero_debias_momentum,
 )
 
 __all__ = [
@@ -272,6 +273,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             "None or a callable (input shape) -> (scale, bias)",
         )
         self.adjustment = adjustment
+        check_zero_debias_momentum(zero_debias_moving_mean, self.momentum)
         self.zero_debias_moving_mean = zero_debias_moving_mean
         self.nonfinite = check_nonfinite(nonfinite)
         self.deferred_updates = deferred_updates
