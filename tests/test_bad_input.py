@@ -93,6 +93,10 @@ def _state_dict_with(layer: bn.BatchNormalization, **changes: Any) -> dict[str, 
     return state
 
 
+def _new(**options: Any) -> bn.BatchNormalization:
+    return bn.BatchNormalization(**options)
+
+
 def _functional(x: torch.Tensor, **options: Any) -> Any:
     return bn.functional.batch_norm(
         x, torch.zeros(CHANNELS), torch.ones(CHANNELS), training=True, axis=1, **options
@@ -285,6 +289,41 @@ REFUSALS = [
         "load_state_dict of a non-mapping",
         lambda layer: layer.load_state_dict([1, 2]),
         "state_dict",
+    ),
+    # --- construction and configs (a new layer; the one under test is untouched)
+    Refusal("axis out of range", lambda layer: _new(axis=3)(_x(), training=True), "axis"),
+    Refusal("axis repeated", lambda layer: _new(axis=[1, 1]), "axis"),
+    Refusal(
+        "momentum outside [0, 1] at construction", lambda layer: _new(momentum=-0.1), "momentum"
+    ),
+    Refusal(
+        "virtual_batch_size not positive",
+        lambda layer: _new(virtual_batch_size=0),
+        "virtual_batch_size",
+    ),
+    Refusal(
+        "initializer result of the wrong shape",
+        lambda layer: _new(
+            gamma_initializer=lambda shape, dtype=None: torch.ones(5), input_shape=(3,)
+        ),
+        "gamma_initializer",
+    ),
+    Refusal(
+        "from_config with an unknown key",
+        lambda layer: bn.BatchNormalization.from_config({"momentun": 0.9}),
+        "config keys",
+    ),
+    Refusal(
+        "from_config with a value of the wrong type",
+        lambda layer: bn.BatchNormalization.from_config({"center": "yes"}),
+        "center",
+    ),
+    Refusal(
+        "from_config naming code",
+        lambda layer: bn.BatchNormalization.from_config(
+            {"gamma_initializer": {"class_name": "builtins.eval", "config": {}}}
+        ),
+        "gamma_initializer",
     ),
     # --- the functional and compat.v1 on the same mistakes (the layer's state is untouched)
     Refusal(

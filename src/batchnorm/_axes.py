@@ -48,8 +48,9 @@ def broadcasts_to(target: Sequence[int], *shapes: Sequence[int]) -> bool:
 def validate_axis_argument(axis: object) -> int | tuple[int, ...]:
     """Check the type of ``axis`` before any input is seen (Keras does this in ``__init__``).
 
-    Returns an int unchanged and a list or tuple as a tuple; duplicates and ranges are checked
-    later, by :meth:`ChannelLayout.from_axis`, once the rank is known.
+    Returns an int unchanged and a list or tuple as a tuple. Repeated entries are refused here;
+    ranges, and a negative entry naming the same axis as a positive one, later, by
+    :meth:`ChannelLayout.from_axis`, once the rank is known.
 
     Example:
         >>> validate_axis_argument([3, 1])
@@ -68,6 +69,7 @@ def validate_axis_argument(axis: object) -> int | tuple[int, ...]:
                 axis,
                 "an int or a non-empty list of ints",
             )
+        check(len(set(axis)) == len(axis), "axis", axis, "no duplicate axes")
         return tuple(axis)
     raise fail("axis", axis, "an int or a non-empty list of ints")
 
