@@ -323,3 +323,29 @@ def compiling_worker(rank: int, world: int, store: str, report: str) -> None:
         Path(report).write_text(json.dumps(results))
     dist.barrier()
     dist.destroy_process_group()
+
+
+def nonfinite_worker(rank: int, world: int, store: str, report: str) -> None:
+    """Process 1's batch holds a NaN: every process skips the update alike (the merged moments
+    are the same everywhere), eager and compiled; each writes its counters and statistics."""
+    _join(rank, world, store, 120)
+    results = {}
+    for name, wrap in (("eager", lambda layer: layer), ("compiled", torch.compile)):
+        layer = bn.BatchNormalization(axis=1, synchronized=True, input_shape=(CHANNELS, 4))
+        call = wrap(layer)
+        call(torch.randn(4, CHANNELS, 4) + rank, training=True)  # a finite step first
+        before = layer.moving_mean.clone()
+        x = torch.randn(4, CHANNELS, 4)
+        if rank == 1:
+            x[0, 0, 0] = float("nan")
+        call(x, training=True)
+        everyone = [torch.empty_like(layer.moving_mean) for _ in range(world)]
+        dist.all_gather(everyone, layer.moving_mean.contiguous())
+        results[name] = {
+            "skipped": int(layer.skipped_updates),
+            "unchanged": bool(torch.equal(layer.moving_mean, before)),
+            "identical": all(torch.equal(other, everyone[0]) for other in everyone),
+        }
+    Path(f"{report}.{rank}").write_text(json.dumps(results))
+    dist.barrier()
+    dist.destroy_process_group()

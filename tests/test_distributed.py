@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch.multiprocessing
-from distributed_cases import compiling_worker, disagreeing_worker, worker
+from distributed_cases import compiling_worker, disagreeing_worker, nonfinite_worker, worker
 
 
 @pytest.mark.parametrize("world", [2, 3])
@@ -62,3 +62,15 @@ def test_synchronized_calls_compile_without_graph_breaks(tmp_path):
     )
     # torch._dynamo.explain on a fresh layer and signature: no break, one graph.
     assert json.loads(report.read_text()) == {"plain": [0, 1], "mask": [0, 1]}
+
+
+def test_every_process_skips_a_batch_that_is_non_finite_on_one(tmp_path):
+    """nonfinite="skip" under synchronization: the same decision on every process."""
+    report = tmp_path / "skips"
+    torch.multiprocessing.spawn(
+        nonfinite_worker, args=(2, str(tmp_path / "store"), str(report)), nprocs=2, join=True
+    )
+    for rank in (0, 1):
+        result = json.loads(Path(f"{report}.{rank}").read_text())
+        for mode in ("eager", "compiled"):
+            assert result[mode] == {"skipped": 1, "unchanged": True, "identical": True}, result
