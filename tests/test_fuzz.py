@@ -59,7 +59,10 @@ def calls(draw: st.DrawFn) -> dict[str, Any]:
         options["adjustment"] = lambda input_shape, scale=scale: (scale, 0.1)
     seed = draw(st.integers(0, 2**16))
     generator = torch.Generator().manual_seed(seed)
-    offset = draw(st.sampled_from([0.0, 3.0, 1e3]))
+    # (Large offsets in float64 only: two float32 implementations differ by rounding scaled by
+    # |mean| / sigma, and a few drawn values may spread little; tests/test_kernels.py holds
+    # the float32 precision to float64's at offsets up to 1e5 sigma.)
+    offset = draw(st.sampled_from([0.0, 3.0] + ([1e3] if dtype == torch.float64 else [])))
     x = torch.randn(shape, generator=generator, dtype=dtype) * 2 + offset
     if rank == 4 and draw(st.booleans()):
         x = x.contiguous(memory_format=torch.channels_last)

@@ -187,6 +187,40 @@ def test_two_pass_variance_stays_exact_at_large_offsets(
     torch.testing.assert_close(moments.mean.double(), want_mean, rtol=2**-23, atol=1e-6)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize(
+    ("spread", "offset"), [(1e18, 0.0), (1e19, -1e19), (1.0, 3e38), (1e36, 1e37)]
+)
+def test_moments_of_finite_inputs_are_finite_where_float32_holds_them(
+    spread, offset, memory_format
+):
+    """Squares and sums beyond float32's range are rescaled by a power of two: the moments
+    are float64's on the same data wherever float32 can hold them, and inf only beyond."""
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(16, 4, 24, 24, generator=generator, dtype=torch.float64) * spread + offset
+    x = x.float().contiguous(memory_format=memory_format)
+    assert torch.isfinite(x).all()
+    moments = stats_pass(x, (1,))
+    x64 = x.double()
+    for got, want in (
+        (moments.mean, x64.mean(dim=(0, 2, 3), keepdim=True)),
+        (moments.var, x64.var(dim=(0, 2, 3), unbiased=False, keepdim=True)),
+    ):
+        held = want.abs() <= torch.finfo(torch.float32).max
+        assert torch.isinf(got[~held]).all()
+        # (The mean within a few units of roundoff of the data's magnitude.)
+        atol = 0.0 if got is moments.var else 1e-6 * max(spread, abs(offset))
+        torch.testing.assert_close(got.double()[held], want[held], rtol=1e-6, atol=atol)
+    layer = bn.BatchNormalization(axis=1)
+    y = layer(x.requires_grad_(True), training=True)
+    variance = x64.var(dim=(0, 2, 3))
+    if (variance > 0).all() and (variance <= torch.finfo(torch.float32).max).all():
+        # A variance float32 holds (and the data resolve): a finite, normalised output.
+        assert torch.isfinite(y).all() and y.std().item() == pytest.approx(1.0, rel=1e-3)
+        y.sum().backward()
+        assert torch.isfinite(x.grad).all()
+
+
 @pytest.mark.parametrize("offset", [0.0, 1e4, 1e5])
 @pytest.mark.parametrize(
     ("route", "weight_shape"),

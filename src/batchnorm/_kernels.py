@@ -874,7 +874,8 @@ def aten_training(
 
     ATen's CPU kernel folds the mean into the shift: where ``fold`` (``Plan.fold``) says that
     loses precision for this batch (a mean beyond ``FOLD_LIMIT`` standard deviations, as of
-    constant channels), the result is None and the caller runs the passes instead.
+    constant channels), or the variance overflowed (squares beyond the dtype's range), the
+    result is None and the caller runs the passes instead.
 
     Example:
         >>> y, moments = aten_training(
@@ -888,7 +889,8 @@ def aten_training(
     mean, unbiased = torch.zeros(2, block.shape[1], dtype=acc, device=x.device).unbind()
     flat = [None if t is None else aten_vector(t) for t in (gamma, beta)]
     y, _, saved_invstd = torch.native_batch_norm(block, *flat, mean, unbiased, True, 1.0, epsilon)
-    if not FOLDS[fold](mean, saved_invstd):
+    # (mean + 0 * var: NaN where the variance overflowed, so that the passes rescale it.)
+    if not FOLDS[fold](torch.add(mean, unbiased, alpha=0), saved_invstd):
         return None
     count = x.numel() // block.shape[1]
     # Not in place: ATen saves both vectors for its backward.

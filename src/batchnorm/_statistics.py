@@ -117,6 +117,34 @@ def _two_pass(
     return Moments(count=count, mean=mean, var=var)
 
 
+def _rescaled(x: torch.Tensor, axes: tuple[int, ...], moments: Moments) -> Moments:
+    r"""``moments`` again from ``x`` scaled by a power of two, where its sums overflowed.
+
+    Finite values whose squares (or sums) pass the dtype's range, such as float32 data spread
+    by 1e18, make the two-pass sums infinite although the moments may be representable. With
+    ``s = 2^{-e}``, ``e`` the exponent of ``max |x|``, the scaled copy's sums stay in range, and
+    ``mean = mean(s x) / s``, ``var = var(s x) / s^2`` are exact (powers of two), infinite only
+    where the variance itself is beyond the dtype. Reads two values on the host, on this rare
+    path only (the CPU; elsewhere the moments stay as they are). Inputs holding NaN or Inf
+    keep their moments (:mod:`batchnorm._nonfinite` decides what the update does).
+    """
+    if x.device.type != "cpu" or bool(
+        torch.isfinite(moments.mean).all() & torch.isfinite(moments.var).all()
+    ):
+        return moments
+    largest = torch.linalg.vector_norm(x, float("inf"))  # max |x|
+    if not bool(torch.isfinite(largest)) or float(largest) == 0.0:
+        return moments
+    exponent = int(torch.frexp(largest).exponent)
+    scaled = _corrected(x * 2.0**-exponent, axes, moments.count, None)
+    up = 2.0**exponent  # in float64: the factor (and the square) may pass float32's range
+    mean, var = (
+        (t.double() * factor).to(t.dtype)
+        for t, factor in ((scaled.mean, up), (scaled.var, up * up))
+    )
+    return Moments(count=moments.count, mean=mean, var=var)
+
+
 def _offset_is_large(mean: torch.Tensor, var: torch.Tensor) -> bool:
     r"""Whether some channel's ``|mean| / \sigma`` exceeds ``OFFSET_LIMIT_SCALE / \sqrt{\epsilon}``.
 
@@ -131,14 +159,18 @@ def _offset_is_large(mean: torch.Tensor, var: torch.Tensor) -> bool:
     if mean.device.type != "cpu":
         return True
     limit = _thresholds.OFFSET_LIMIT_SCALE / math.sqrt(torch.finfo(mean.dtype).eps)
-    largest = torch.linalg.vector_norm(mean * torch.rsqrt(var), float("inf"))
+    # (var * 0 is NaN for an infinite variance: the corrected pass, then the rescaled one.)
+    largest = torch.linalg.vector_norm(mean * torch.rsqrt(var) + var * 0, float("inf"))
     return not largest.item() <= limit
 
 
 def _corrected(
-    x: torch.Tensor, axes: tuple[int, ...], count: torch.Tensor, first: torch.Tensor
+    x: torch.Tensor, axes: tuple[int, ...], count: torch.Tensor, first: torch.Tensor | None
 ) -> Moments:
-    r"""Moments from the corrected sums of ``d = x - m`` (``m`` the first pass's mean).
+    r"""Moments from the corrected sums of ``d = x - m``, rescaled where they overflow.
+
+    ``m`` is the first pass's mean (computed here when ``first`` is None); sums beyond the
+    dtype's range are taken again from a rescaled copy (:func:`_rescaled`).
 
     .. math::
 
@@ -147,10 +179,12 @@ def _corrected(
 
     as accurate at every offset as at none (``tests/test_kernels.py``).
     """
+    if first is None:
+        first = channel_sum(x, axes) / count
     sum_d, sum_d2 = _centred_sums(x, axes, first)
     shift = sum_d / count
     var = torch.clamp_min(sum_d2 / count - shift * shift, 0.0)
-    return Moments(count=count, mean=first + shift, var=var)
+    return _rescaled(x, axes, Moments(count=count, mean=first + shift, var=var))
 
 
 def _centred_sums(
