@@ -120,7 +120,9 @@ def make_lane(
         "variance_correction": correction,
         "renorm_momentum": None,
         "zero_debias": options.zero_debias_moving_mean,
-        "nonfinite": options.nonfinite,
+        # Where the kernel's result passed the fold check, its moments are finite (the check
+        # fails on NaN and on an overflowed variance), so the update needs no guard of its own.
+        "nonfinite": "propagate" if plan.fold == "if_within_limit" else options.nonfinite,
     }
     return Lane(axes, options.epsilon, rule, plan.fold)
 
