@@ -28,7 +28,7 @@ import torch
 from batchnorm._errors import NonFiniteBatchError, check
 from batchnorm._types import Moments
 
-__all__ = ["NONFINITE_POLICIES", "SKIPPED_UPDATES", "check_nonfinite", "guarded"]
+__all__ = ["NONFINITE_POLICIES", "SKIPPED_UPDATES", "all_finite", "check_nonfinite", "guarded"]
 
 NONFINITE_POLICIES = ("skip", "propagate", "raise")
 
@@ -45,6 +45,25 @@ def check_nonfinite(policy: object) -> str:
     """
     check(policy in NONFINITE_POLICIES, "nonfinite", policy, "'skip', 'propagate' or 'raise'")
     return policy  # type: ignore[return-value]
+
+
+def all_finite(first: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """Whether every entry of the (equally shaped) tensors is finite, as a 0-d bool tensor.
+
+    ``first + 0 * other`` is NaN wherever ``other`` is not finite and ``first`` elsewhere, and
+    its largest magnitude is finite exactly when every entry is (the maximum propagates NaN):
+    three small ops, where ``torch.isfinite`` and ``all`` take six per tensor on the CPU.
+
+    Example:
+        >>> bool(all_finite(torch.tensor([1.0, 3e38]))), bool(all_finite(torch.tensor([-1e39])))
+        (True, False)
+    """
+    probe = first
+    for other in others:
+        probe = torch.add(probe, other, alpha=0)  # probe + 0 * other
+    if probe.numel() == 0:  # (the maximum of nothing is undefined; nothing is non-finite)
+        return torch.ones((), dtype=torch.bool, device=probe.device)
+    return torch.linalg.vector_norm(probe, float("inf")) < float("inf")
 
 
 def guarded(
@@ -64,7 +83,7 @@ def guarded(
     """
     if policy == "propagate":
         return new
-    finite = torch.isfinite(batch.mean).all().logical_and_(torch.isfinite(batch.var).all())
+    finite = all_finite(batch.mean, batch.var)
     if policy == "raise" or _readable_on_host(finite):
         if bool(finite):
             return new

@@ -39,7 +39,7 @@ from batchnorm._errors import (
 )
 from batchnorm._kernels import InferenceCall, NormalizeApply, aten_training, infer
 from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups, weight_total
-from batchnorm._nonfinite import check_nonfinite
+from batchnorm._nonfinite import all_finite, check_nonfinite
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._standardize import Standardize
@@ -294,7 +294,7 @@ def _example_weights(
         _check_entries(
             "batch_weights",
             {
-                "a NaN or infinite entry": torch.isfinite(weights).all(),
+                "a NaN or infinite entry": all_finite(weights),
                 "a negative entry": (weights >= 0).all(),
             },
             "finite, non-negative weights",
