@@ -309,6 +309,17 @@ REFUSALS = [
         "gamma_initializer",
     ),
     Refusal(
+        "process_group not a process group",
+        lambda layer: layer(_x(), training=True),
+        "process_group",
+        setting=("process_group", "world"),
+    ),
+    Refusal(
+        "convert_sync_batchnorm of a non-module",
+        lambda layer: bn.convert_sync_batchnorm([layer]),
+        "module",
+    ),
+    Refusal(
         "from_config with an unknown key",
         lambda layer: bn.BatchNormalization.from_config({"momentun": 0.9}),
         "config keys",

@@ -48,7 +48,7 @@ def test_cumulative_averages_have_no_counterpart():
 
 
 def test_convert_sync_batchnorm_reaches_nested_layers_and_keeps_the_others():
-    group = object()  # any process group object is passed through as it is
+    group = torch.distributed.ProcessGroup(torch.distributed.HashStore(), 0, 1)  # passed through
     model = nn.Sequential(
         nn.Conv2d(3, 4, 3),
         nn.Sequential(nn.BatchNorm2d(4), bn.BatchNormalization(axis=1)),

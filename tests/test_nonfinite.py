@@ -206,3 +206,47 @@ def test_compiled_skip_has_no_graph_break_and_equals_eager() -> None:
     assert int(twin.skipped_updates) == int(eager.skipped_updates) == 2
     explained = torch._dynamo.explain(_layer({}))(_batch("nan"), training=True)
     assert explained.graph_break_count == 0
+
+
+def _masked_step(
+    x: torch.Tensor, call: dict[str, Any], fused: bool | None, compiled: bool
+) -> list[torch.Tensor]:
+    layer = bn.BatchNormalization(axis=1, fused=fused, input_shape=(3, 4, 5))
+    run = torch.compile(layer, fullgraph=True) if compiled else layer
+    x = x.clone().requires_grad_(True)
+    y = run(x, training=True, **call)
+    excluded = _excluded(x, call)
+    dy = torch.cos(torch.arange(y.numel(), dtype=y.dtype)).reshape(y.shape).masked_fill(excluded, 0)
+    (y * dy).sum().backward()
+    return [y.detach().masked_fill(excluded, 0), x.grad, layer.gamma.grad, layer.beta.grad]
+
+
+def _excluded(x: torch.Tensor, call: dict[str, Any]) -> torch.Tensor:
+    if "mask" in call:
+        return ~call["mask"].expand_as(x)
+    return (call["batch_weights"] == 0).view(-1, 1, 1, 1).expand_as(x)
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("fused", [None, False], ids=["fast", "reference"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("how", ["mask", "zero weight"])
+def test_a_nan_where_the_mask_excludes_reaches_no_gradient(
+    how: str, memory_format: torch.memory_format, fused: bool | None, compiled: bool
+) -> None:
+    """With the loss masked too (upstream gradient 0 there), every gradient equals that of the
+    same batch with the excluded values replaced by 0, and the excluded positions get none."""
+    x = torch.randn(6, 3, 4, 5, generator=torch.Generator().manual_seed(2))
+    if how == "mask":
+        call = {"mask": torch.rand(6, 1, 4, 5, generator=torch.Generator().manual_seed(3)) > 0.3}
+    else:
+        call = {"batch_weights": torch.tensor([1.0, 0.0, 2.0, 1.0, 0.0, 1.0])}
+    excluded = _excluded(x, call)
+    poisoned = x.masked_fill(excluded, float("nan"))
+    poisoned.view(-1)[torch.nonzero(excluded.flatten())[0]] = float("inf")
+    clean = x.masked_fill(excluded, 0.0)
+    laid_out = [t.contiguous(memory_format=memory_format) for t in (poisoned, clean)]
+    got, want = (_masked_step(t, call, fused, compiled) for t in laid_out)
+    for name, a, b in zip(("output", "x grad", "gamma grad", "beta grad"), got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.equal(got[1][excluded], torch.zeros_like(got[1][excluded]))

@@ -61,6 +61,7 @@ from batchnorm._moments import (
     no_nan_divide,
     weight_total,
 )
+from batchnorm._nonfinite import all_finite
 from batchnorm._plan import Plan
 from batchnorm._reductions import (
     blocked_channel_sum,
@@ -182,6 +183,9 @@ class NormalizeApply(torch.autograd.Function):
         )
         inputs = _like_x(inputs)
         sums = REDUCE_ROUTES[ctx.plan.reduce](inputs)  # this process's
+        excluded = None
+        if weights is not None and x.device.type == "cpu":
+            inputs, sums, excluded = _without_excluded_nonfinite(ctx.plan, inputs, sums)
         # Synchronized: the input gradient takes the group's sums (one all_reduce); scale and
         # shift get this process's, which DDP's gradient all-reduce combines.
         if ctx.sync is not None:
@@ -189,6 +193,8 @@ class NormalizeApply(torch.autograd.Function):
         else:
             summed = sums
         dx = INPUT_GRAD_ROUTES[ctx.plan.input_grad](inputs, summed) if need_x else None
+        if dx is not None and excluded is not None:
+            dx.masked_fill_(excluded, 0.0)  # (our own tensor: in place keeps its strides)
         return (
             dx,
             None,
@@ -202,6 +208,36 @@ class NormalizeApply(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _without_excluded_nonfinite(
+    plan: Plan, inputs: BackwardInputs, sums: Sums
+) -> tuple[BackwardInputs, Sums, torch.Tensor | None]:
+    """The backward's inputs and sums without the NaN or Inf values that the weights exclude.
+
+    A NaN or Inf where the weight is 0 never reaches the moments, but the sums of
+    ``dy * x_hat`` run over every position, and ``0 * NaN`` is NaN. Where the sums come out
+    non-finite although the moments are finite (so that every non-finite value of ``x`` is an
+    excluded one), they are taken again with those positions at the mean and their ``dy`` 0:
+    they contribute nothing, and the caller gives them no input gradient, as the traced and
+    reference routes do (:func:`batchnorm.functional._excluding_nonfinite`). Reads one value
+    on the host (the CPU only), and the retry costs a few passes on that rare call only.
+    Returns the inputs and sums to use, and the excluded non-finite positions (None when
+    nothing was excluded).
+    """
+    if bool(all_finite(sums.dscale, sums.dshift)) or not bool(
+        all_finite(inputs.mean, inputs.invstd)
+    ):
+        return inputs, sums, None
+    x = inputs.x
+    excluded = ~torch.isfinite(x)
+    cleaned = _like_x(  # in x's strides, as the routes read them (masked_fill may not keep)
+        inputs._replace(
+            x=torch.where(excluded, inputs.mean.to(x.dtype), x, out=torch.empty_like(x)),
+            dy=inputs.dy.masked_fill(excluded, 0.0),
+        )
+    )
+    return cleaned, REDUCE_ROUTES[plan.reduce](cleaned), excluded
 
 
 class BackwardInputs(NamedTuple):

@@ -23,11 +23,27 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from batchnorm._errors import SynchronizationError
+from batchnorm._errors import BatchNormError, SynchronizationError
 from batchnorm._moments import merge_moments, no_nan_divide
 from batchnorm._types import Moments
 
 __all__ = ["Synchronizer", "synchronizer_for"]
+
+
+def check_process_group(group: Any) -> Any:
+    """``group`` if it is None (the default group) or a ``torch.distributed`` process group.
+
+    Example:
+        >>> check_process_group(None) is None
+        True
+    """
+    known = () if not dist.is_available() else (dist.ProcessGroup,)
+    if group is not None and not isinstance(group, known):
+        raise BatchNormError(
+            f"process_group={group!r}; expected None (the default group) or a "
+            "torch.distributed ProcessGroup (dist.new_group(...))"
+        )
+    return group
 
 
 def synchronizer_for(synchronized: bool, group: Any = None) -> Synchronizer | None:

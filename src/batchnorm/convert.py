@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from batchnorm._errors import BatchNormError
+from batchnorm._errors import BatchNormError, check
+from batchnorm._sync import check_process_group
 from batchnorm.layer import BatchNormalization
 
 __all__ = ["convert_sync_batchnorm", "from_torch_batchnorm"]
@@ -42,6 +43,9 @@ def convert_sync_batchnorm(
         >>> [type(m).__name__ for m in model], model[1].synchronized, model[2].synchronized
         (['Conv2d', 'BatchNormalization', 'BatchNormalization'], True, True)
     """
+    check(isinstance(module, nn.Module), "module", type(module).__name__, "a torch.nn.Module")
+    check(isinstance(torch_layers, bool), "torch_layers", torch_layers, "True or False")
+    check_process_group(process_group)
     if isinstance(module, BatchNormalization):
         module.synchronized = True
         module.process_group = process_group

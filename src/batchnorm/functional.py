@@ -44,7 +44,7 @@ from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
 from batchnorm._standardize import Standardize
 from batchnorm._statistics import stats_pass
-from batchnorm._sync import Synchronizer, synchronizer_for
+from batchnorm._sync import Synchronizer, check_process_group, synchronizer_for
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
 from batchnorm._types import Affine, Moments
 
@@ -734,7 +734,7 @@ def check_options(
         adjustment,
         zero_debias_moving_mean,
         synchronized,
-        process_group,
+        check_process_group(process_group),
         check_nonfinite(nonfinite),
     )
 
@@ -829,6 +829,8 @@ def batch_norm_checked(
     normalize = _fast_normalize if fast else _reference_normalize
     if sync is None and options.fused is not False and torch.compiler.is_compiling():
         normalize = _compiled_route(view, wv, renorm=options.renorm)
+    if wv is not None and not (normalize is _fast_normalize and xv.device.type == "cpu"):
+        normalize = _excluding_nonfinite(normalize)  # (the eager CPU backward checks itself)
     call = TrainingCall(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted, sync)
     y, pooled = normalize(call)
     update = StatisticsUpdate(
@@ -1096,6 +1098,29 @@ def _compiled_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     output = _output_affine(moments, gamma_v, beta_v, epsilon, None, adjusted)
     y = y.reshape(view.shape) * output.scale + output.shift
     return y.to(xv.dtype), moments
+
+
+def _excluding_nonfinite(
+    normalize: Callable[[TrainingCall], tuple[torch.Tensor, Moments]],
+) -> Callable[[TrainingCall], tuple[torch.Tensor, Moments]]:
+    """A weighted training route for which excluded non-finite values do not exist.
+
+    A NaN or Inf where the weight (or mask) is 0 never reaches the moments, but a route's
+    backward would still form ``0 * NaN`` there (the sums of ``dy * x_hat`` over every
+    position). This route runs ``normalize`` on the input with such values replaced by 0 and
+    gives those positions a NaN output without a gradient: they contribute nothing to any
+    gradient and receive none. Tensor ops, no host read: the traced, reference and
+    accelerator routes (the eager CPU backward detects the case itself,
+    :meth:`batchnorm._kernels.NormalizeApply.backward`).
+    """
+
+    def route(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
+        assert call.wv is not None
+        bad = torch.logical_and(call.wv == 0, ~torch.isfinite(call.xv))
+        y, pooled = normalize(call._replace(xv=torch.where(bad, 0.0, call.xv)))
+        return y.masked_fill(bad, float("nan")), pooled
+
+    return route
 
 
 def _reference_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:

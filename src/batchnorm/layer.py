@@ -34,6 +34,7 @@ from batchnorm._errors import (
 )
 from batchnorm._lanes import lane_key, make_lane, run_lane
 from batchnorm._nonfinite import SKIPPED_UPDATES, check_nonfinite
+from batchnorm._sync import check_process_group
 from batchnorm._tf_rules import tensorflow_can_fuse, tensorflow_runs_fused_kernel
 from batchnorm.functional import (
     Options,
@@ -260,7 +261,7 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             check(isinstance(value, bool), flag, value, "True or False")
         self.renorm = renorm
         self.synchronized = synchronized
-        self.process_group = process_group
+        self.process_group = check_process_group(process_group)
         self.renorm_clipping = check_renorm_clipping(renorm_clipping)
         self.renorm_momentum = check_momentum(renorm_momentum, "renorm_momentum")
         check_virtual_batch(virtual_batch_size, virtual_batch_layout)
