@@ -93,6 +93,13 @@ def _state_dict_with(layer: bn.BatchNormalization, **changes: Any) -> dict[str, 
     return state
 
 
+def _bad_setting(name: str, argument: str, attribute: str, value: Any) -> Refusal:
+    """The user sets ``attribute`` to ``value`` on the built layer; its next call refuses."""
+    return Refusal(
+        name, lambda layer: layer(_x(), training=True), argument, setting=(attribute, value)
+    )
+
+
 def _new(**options: Any) -> bn.BatchNormalization:
     return bn.BatchNormalization(**options)
 
@@ -187,61 +194,32 @@ REFUSALS = [
         "mask.dtype",
     ),
     # --- adjustment
-    Refusal(
+    _bad_setting(
         "adjustment result of the wrong shape",
-        lambda layer: layer(_x(), training=True),
         "adjustment scale.shape",
-        setting=("adjustment", lambda shape: (torch.ones(5), torch.zeros(5))),
+        "adjustment",
+        lambda shape: (torch.ones(5), torch.zeros(5)),
     ),
-    Refusal(
-        "adjustment result not a pair",
-        lambda layer: layer(_x(), training=True),
-        "adjustment result",
-        setting=("adjustment", lambda shape: 3),
+    _bad_setting(
+        "adjustment result not a pair", "adjustment result", "adjustment", lambda shape: 3
     ),
     # --- options set on a built layer (checked by the next call)
-    Refusal(
-        "momentum outside [0, 1]",
-        lambda layer: layer(_x(), training=True),
-        "momentum",
-        setting=("momentum", 1.5),
+    _bad_setting("momentum outside [0, 1]", "momentum", "momentum", 1.5),
+    _bad_setting("momentum 1 with zero-debias", "momentum", "momentum", 1.0),
+    _bad_setting("negative epsilon", "epsilon", "epsilon", -1.0),
+    _bad_setting(
+        "renorm_clipping with an unknown key", "renorm_clipping", "renorm_clipping", {"rmn": 1.0}
     ),
-    Refusal(
-        "momentum 1 with zero-debias",
-        lambda layer: layer(_x(), training=True),
-        "momentum",
-        setting=("momentum", 1.0),
-    ),
-    Refusal(
-        "negative epsilon",
-        lambda layer: layer(_x(), training=True),
-        "epsilon",
-        setting=("epsilon", -1.0),
-    ),
-    Refusal(
-        "renorm_clipping with an unknown key",
-        lambda layer: layer(_x(), training=True),
-        "renorm_clipping",
-        setting=("renorm_clipping", {"rmn": 1.0}),
-    ),
-    Refusal(
+    _bad_setting(
         "renorm_clipping with rmin > rmax",
-        lambda layer: layer(_x(), training=True),
         "renorm_clipping",
-        setting=("renorm_clipping", {"rmin": 2.0, "rmax": 1.0}),
-    ),
-    Refusal(
-        "renorm_clipping with dmax < 0",
-        lambda layer: layer(_x(), training=True),
         "renorm_clipping",
-        setting=("renorm_clipping", {"dmax": -1.0}),
+        {"rmin": 2.0, "rmax": 1.0},
     ),
-    Refusal(
-        "unknown nonfinite policy",
-        lambda layer: layer(_x(), training=True),
-        "nonfinite",
-        setting=("nonfinite", "ignore"),
+    _bad_setting(
+        "renorm_clipping with dmax < 0", "renorm_clipping", "renorm_clipping", {"dmax": -1.0}
     ),
+    _bad_setting("unknown nonfinite policy", "nonfinite", "nonfinite", "ignore"),
     # --- weights and checkpoints
     Refusal(
         "set_weights with the wrong count",
@@ -308,12 +286,7 @@ REFUSALS = [
         ),
         "gamma_initializer",
     ),
-    Refusal(
-        "process_group not a process group",
-        lambda layer: layer(_x(), training=True),
-        "process_group",
-        setting=("process_group", "world"),
-    ),
+    _bad_setting("process_group not a process group", "process_group", "process_group", "world"),
     Refusal(
         "convert_sync_batchnorm of a non-module",
         lambda layer: bn.convert_sync_batchnorm([layer]),

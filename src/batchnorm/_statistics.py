@@ -22,6 +22,7 @@ import torch
 from batchnorm import _thresholds
 from batchnorm._aten import aten_input, aten_slices
 from batchnorm._moments import accumulation_dtype, no_nan_divide, weight_total, weighted
+from batchnorm._nonfinite import all_finite
 from batchnorm._plan import Plan, plan_for, varying_dims
 from batchnorm._reductions import (
     blocked_channel_sum,
@@ -128,12 +129,10 @@ def _rescaled(x: torch.Tensor, axes: tuple[int, ...], moments: Moments) -> Momen
     path only (the CPU; elsewhere the moments stay as they are). Inputs holding NaN or Inf
     keep their moments (:mod:`batchnorm._nonfinite` decides what the update does).
     """
-    if x.device.type != "cpu" or bool(
-        torch.isfinite(moments.mean).all() & torch.isfinite(moments.var).all()
-    ):
+    if x.device.type != "cpu" or bool(all_finite(moments.mean, moments.var)):
         return moments
     largest = torch.linalg.vector_norm(x, float("inf"))  # max |x|
-    if not bool(torch.isfinite(largest)) or float(largest) == 0.0:
+    if not math.isfinite(float(largest)) or float(largest) == 0.0:
         return moments
     exponent = int(torch.frexp(largest).exponent)
     scaled = _corrected(x * 2.0**-exponent, axes, moments.count, None)
@@ -159,8 +158,9 @@ def _offset_is_large(mean: torch.Tensor, var: torch.Tensor) -> bool:
     if mean.device.type != "cpu":
         return True
     limit = _thresholds.OFFSET_LIMIT_SCALE / math.sqrt(torch.finfo(mean.dtype).eps)
-    # (var * 0 is NaN for an infinite variance: the corrected pass, then the rescaled one.)
-    largest = torch.linalg.vector_norm(mean * torch.rsqrt(var) + var * 0, float("inf"))
+    # (+ 0 * var: NaN for an infinite variance, so the corrected pass, then the rescaled one.)
+    ratio = torch.add(mean * torch.rsqrt(var), var, alpha=0)
+    largest = torch.linalg.vector_norm(ratio, float("inf"))
     return not largest.item() <= limit
 
 

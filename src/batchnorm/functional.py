@@ -396,8 +396,8 @@ def _adjustment_affine(
     adj_scale, adj_bias = result
     for part, value in (("scale", adj_scale), ("bias", adj_bias)):
         check(
-            isinstance(value, (torch.Tensor, int, float))
-            and not torch.is_complex(torch.as_tensor(value)),
+            isinstance(value, (int, float))
+            or (isinstance(value, torch.Tensor) and not value.is_complex()),
             f"adjustment {part}",
             type(value).__name__,
             "a real tensor or number",
