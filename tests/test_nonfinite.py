@@ -250,3 +250,21 @@ def test_a_nan_where_the_mask_excludes_reaches_no_gradient(
     for name, a, b in zip(("output", "x grad", "gamma grad", "beta grad"), got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert torch.equal(got[1][excluded], torch.zeros_like(got[1][excluded]))
+
+
+def test_the_guard_under_torch_func_selects_on_the_tensors() -> None:
+    """Inside ``torch.func`` no value is read on the host: the select keeps the statistics."""
+    mean, variance = torch.zeros(3), torch.ones(3)
+
+    def new_mean(x: torch.Tensor) -> torch.Tensor:
+        result = bn.functional.batch_norm(x, mean, variance, training=True, axis=1)
+        return result.new_stats["moving_mean"]
+
+    batches = torch.stack([_batch("finite"), _batch("nan")])
+    kept = torch.func.vmap(new_mean)(batches)
+    want = bn.functional.batch_norm(batches[0], mean, variance, training=True, axis=1)
+    torch.testing.assert_close(kept[0], want.new_stats["moving_mean"])
+    assert torch.equal(kept[1], mean)  # the NaN batch: its update skipped
+    # The kept statistics do not depend on the skipped batch: a zero Jacobian, no NaN.
+    jacobian = torch.func.jacrev(new_mean)(batches[1])
+    assert torch.equal(jacobian, torch.zeros_like(jacobian))
