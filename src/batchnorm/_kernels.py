@@ -708,11 +708,9 @@ def _synchronized_aten_gradient(inputs: BackwardInputs, sums: Sums) -> torch.Ten
 
     .. math::
 
-        dx = dx_{local} + x lpha + eta, \quad
-        lpha = k \sigma^{-1} \left(rac{S_2}{n} - rac{G_2}{N}
-    ight), \quad
-        eta = k \left(rac{S_1}{n} - rac{G_1}{N}
-    ight) - \mu lpha
+        dx = dx_{local} + x \alpha + \beta, \quad
+        \alpha = k \sigma^{-1} \left(\frac{S_2}{n} - \frac{G_2}{N}\right), \quad
+        \beta = k \left(\frac{S_1}{n} - \frac{G_1}{N}\right) - \mu \alpha
 
     For float inputs without weights; the plan's ``input_grad="aten_synchronized"``.
     """

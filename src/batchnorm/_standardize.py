@@ -1,24 +1,29 @@
-r"""Standardization with batch norm's closed-form gradient, in plain torch ops (compiled calls).
+r"""Standardization and its affine with batch norm's closed-form gradient, in plain torch ops.
 
-:class:`Standardize` computes ``x_hat = (x - mean) * invstd`` from the (weighted) moments of
-``x`` over ``reduce_dims`` and differentiates it in closed form. With ``g`` the gradient of
-``x_hat`` and ``w / W`` the weights over their total (``1 / n`` unweighted):
+:class:`Standardize` computes ``y = x_hat * scale + shift`` with
+``x_hat = (x - mean) * invstd`` from the (weighted) moments of ``x`` over ``reduce_dims``, and
+differentiates it in closed form. With ``g = dy * scale`` the gradient of ``x_hat`` and
+``w / W`` the weights over their total (``1 / n`` unweighted):
 
 .. math::
 
     \frac{\partial L}{\partial x} = \sigma^{-1} \left(g - \frac{w}{W}
-    \left(\sum g + \hat{x} \sum g \hat{x}\right)\right)
+    \left(\sum g + \hat{x} \sum g \hat{x}\right)\right), \quad
+    \frac{\partial L}{\partial \mathrm{scale}} = \sum dy\, \hat{x}, \quad
+    \frac{\partial L}{\partial \mathrm{shift}} = \sum dy
 
-the gradient of the fast path's :class:`batchnorm._kernels.NormalizeApply` and of autograd
-through :func:`batchnorm._moments.compute_moments`, whose graph it replaces.
+(the last two summed to the shapes of ``scale`` and ``shift``): the gradient of the fast
+path's :class:`batchnorm._kernels.NormalizeApply` and of autograd through
+:func:`batchnorm._moments.compute_moments`, whose graph it replaces.
 
-This is the training route of compiled calls that ATen's batch-norm op cannot take: weights,
-masks, and kept axes that are not dimensions 1 to k. Differentiating through the two-pass
-moments makes inductor generate two reductions over ``(dy, x)`` and two elementwise passes in
-the backward; the closed form makes one of each, as inductor's own batch norm does. Measured by
-``benchmarks/compiled_weighted.py``: (32, 64, 56, 56) float32, forward and backward, against
-``torch.compile(F.batch_norm)``: batch weights 1.02x (1.32x through autograd), a mask 1.16x
-(1.43x), channels_last 1.10-1.20x (1.5-1.6x).
+This is the training route of compiled calls that ATen's batch-norm op cannot take: renorm,
+weights, masks, ghost batches, and kept axes that are not dimensions 1 to k. Differentiating
+through the two-pass moments makes inductor generate two reductions over ``(dy, x)`` and two
+elementwise passes in the backward. The closed form makes one of each, as inductor's own batch
+norm does, and with the affine inside, nothing of the size of ``x`` but ``x`` itself is saved
+for the backward (autograd's product ``x_hat * scale`` would save ``x_hat``, written in the
+forward and read in the backward). Measured by ``benchmarks/compiled_weighted.py`` and ``bench
+--compile``: see :func:`batchnorm.functional._compiled_route`.
 
 Like inductor's compiled batch norm, its backward is not differentiated again
 (``torch.compile`` does not run double backward; eager calls take the fast path or the
@@ -27,9 +32,11 @@ reference path, which are twice differentiable).
 Example:
     >>> x = torch.tensor([[1.0], [3.0]], requires_grad=True)
     >>> mean, var = torch.tensor([[2.0]]), torch.tensor([[1.0]])
-    >>> x_hat = Standardize.apply(x, None, mean, torch.rsqrt(var), torch.tensor(2.0), (0,))
-    >>> x_hat.flatten().tolist()
-    [-1.0, 1.0]
+    >>> scale, shift = torch.tensor([[2.0]]), torch.tensor([[0.5]])
+    >>> inv, total = torch.rsqrt(var), torch.tensor(2.0)
+    >>> y = Standardize.apply(x, None, mean, inv, total, (0,), scale, shift)
+    >>> y.flatten().tolist()
+    [-1.5, 2.5]
 """
 
 from __future__ import annotations
@@ -44,14 +51,17 @@ __all__ = ["Standardize"]
 
 
 class Standardize(torch.autograd.Function):
-    """``x_hat = (x - mean) * invstd`` with batch norm's gradient; see the module docstring.
+    """``(x - mean) * invstd * scale + shift`` with batch norm's gradient; see the module docs.
 
-    ``apply(x, weights, mean, invstd, total, reduce_dims)``: ``mean`` and ``invstd`` must be
-    the (weighted) batch moments of ``x`` over ``reduce_dims`` (size 1 there, from
-    :func:`batchnorm._moments.compute_moments` without a graph) and ``total`` their ``W``
-    (the count unweighted); the backward differentiates through them in closed form.
-    ``weights`` (or None) broadcast to ``x`` and are constants. ``x_hat`` is in ``mean``'s
-    dtype.
+    ``apply(x, weights, mean, invstd, total, reduce_dims, scale, shift)``: ``mean`` and
+    ``invstd`` must be the (weighted) batch moments of ``x`` over ``reduce_dims`` (size 1
+    there, from :func:`batchnorm._moments.compute_moments` without a graph) and ``total`` their
+    ``W`` (the count unweighted); the backward differentiates through them in closed form.
+    ``weights`` (or None) broadcast to ``x`` and are constants; ``scale`` and ``shift``
+    broadcast to ``x`` and receive gradients. The output is in ``mean``'s dtype.
+
+    A NaN or Inf of weight 0 stays out of the moments (:func:`batchnorm._moments.weighted`);
+    its output is NaN, and the backward takes its ``x_hat`` as 0, so it reaches no gradient.
     """
 
     @staticmethod
@@ -62,24 +72,46 @@ class Standardize(torch.autograd.Function):
         invstd: torch.Tensor,
         total: torch.Tensor,
         reduce_dims: tuple[int, ...],
+        scale: torch.Tensor,
+        shift: torch.Tensor,
     ) -> torch.Tensor:
-        return (x.to(mean.dtype) - mean) * invstd
+        return (x.to(mean.dtype) - mean) * invstd * scale + shift
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, weights, mean, invstd, total, reduce_dims = inputs
-        ctx.save_for_backward(x, weights, mean, invstd, total)
+        x, weights, mean, invstd, total, reduce_dims, scale, shift = inputs
+        ctx.save_for_backward(x, weights, mean, invstd, total, scale)
         ctx.reduce_dims = reduce_dims
+        ctx.shift_shape = shift.shape
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        x, weights, mean, invstd, total = ctx.saved_tensors
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dims = ctx.reduce_dims
-            x_hat = (x.to(mean.dtype) - mean) * invstd  # recomputed: inductor fuses it in
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        x, weights, mean, invstd, total, scale = ctx.saved_tensors
+        # Recomputed: inductor fuses it into the loops that read x.
+        x_hat = _excluded_nonfinite_zeroed((x.to(mean.dtype) - mean) * invstd, weights)
+        dims = ctx.reduce_dims
+        if all(scale.shape[d] == 1 for d in dims):
+            # One reduction of (dy, dy * x_hat) over ``dims`` serves every gradient.
+            sum_dy = dy.sum(dim=dims, keepdim=True)
+            sum_dy_x_hat = (dy * x_hat).sum(dim=dims, keepdim=True)
+            g = dy * scale
+            sum_g, sum_g_x_hat = sum_dy * scale, sum_dy_x_hat * scale
+        else:  # an adjustment that varies over reduced positions
+            sum_dy, sum_dy_x_hat = dy, dy * x_hat
+            g = dy * scale
             sum_g = g.sum(dim=dims, keepdim=True)
             sum_g_x_hat = (g * x_hat).sum(dim=dims, keepdim=True)
+        dx = None
+        if ctx.needs_input_grad[0]:
             share = no_nan_divide(torch.ones_like(mean) if weights is None else weights, total)
             dx = (invstd * (g - share * (sum_g + x_hat * sum_g_x_hat))).to(x.dtype)
-        return dx, None, None, None, None, None
+        dscale = sum_dy_x_hat.sum_to_size(scale.shape) if ctx.needs_input_grad[6] else None
+        dshift = sum_dy.sum_to_size(ctx.shift_shape) if ctx.needs_input_grad[7] else None
+        return dx, None, None, None, None, None, dscale, dshift
+
+
+def _excluded_nonfinite_zeroed(x_hat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """``x_hat``, 0 where the weight is 0 and it is not finite (pointwise, from float weights)."""
+    if weights is None:
+        return x_hat
+    return torch.where((weights == 0) & ~torch.isfinite(x_hat), 0.0, x_hat)

@@ -38,7 +38,13 @@ from batchnorm._errors import (
     fail,
 )
 from batchnorm._kernels import InferenceCall, NormalizeApply, aten_training, infer
-from batchnorm._moments import accumulation_dtype, compute_moments, pool_groups, weight_total
+from batchnorm._moments import (
+    accumulation_dtype,
+    compute_moments,
+    one_read_moments,
+    pool_groups,
+    weight_total,
+)
 from batchnorm._nonfinite import all_finite, check_nonfinite
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
@@ -829,8 +835,13 @@ def batch_norm_checked(
     normalize = _fast_normalize if fast else _reference_normalize
     if sync is None and options.fused is not False and torch.compiler.is_compiling():
         normalize = _compiled_route(view, wv, renorm=options.renorm)
-    if wv is not None and not (normalize is _fast_normalize and xv.device.type == "cpu"):
-        normalize = _excluding_nonfinite(normalize)  # (the eager CPU backward checks itself)
+    # Routes whose backward does not keep an excluded NaN out by itself (the eager CPU backward
+    # and the compiled closed form do).
+    cleans_itself = normalize is _compiled_standardized or (
+        normalize is _fast_normalize and xv.device.type == "cpu"
+    )
+    if wv is not None and not cleans_itself:
+        normalize = _excluding_nonfinite(normalize)
     call = TrainingCall(xv, view, wv, gamma, beta, options.epsilon, renorm_state, adjusted, sync)
     y, pooled = normalize(call)
     update = StatisticsUpdate(
@@ -1028,11 +1039,13 @@ def _compiled_route(
     ATen's batch-norm op (:func:`_compiled_normalize`) for unweighted calls without renorm or
     ghost batches whose kept dimensions are 1 to k (channels on dimension 1, or several channel
     axes after it) with at least two values a channel (a guard on symbolic sizes); else plain
-    ops with the closed-form gradient (:func:`_compiled_standardized`). Measured by ``bench
-    --compile`` ((32, 64, 56, 56) float32, forward and backward, x compiled native): plain
-    1.03 (NCHW) and 0.99 (channels_last) by ATen's op, 1.01 and 1.09 in closed form; renorm
-    1.18 and 1.54 by ATen's op (its output composed after), 1.02 and 1.44 in closed form;
-    ghost batches 1.29 and 2.30 (a copy of channels_last input), 1.21 and 1.75.
+    ops with the closed-form gradient (:func:`_compiled_standardized`): one read of ``x`` for
+    the moments and one elementwise pass forward, one reduction and one elementwise pass back.
+    Measured by ``bench --compile --quick`` ((32, 64, 56, 56) float32, forward and backward,
+    x compiled native plain, NCHW and channels_last): plain 1.01 and 1.02 by ATen's op; in
+    closed form renorm 0.95 and 1.13, ghost batches 0.98 and 0.95, batch weights 0.98 and
+    1.10-1.22, a mask 1.14 and 1.12. (With two reads for the moments and the affine in
+    autograd: renorm 1.02 and 1.44, ghost batches 1.21 and 1.75.)
     """
     kept = view.axes
     aten_op = kept == tuple(range(1, len(kept) + 1)) and view.reduced_count >= 2
@@ -1042,11 +1055,11 @@ def _compiled_route(
 
 
 def _compiled_standardized(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
-    r"""A compiled training call as :class:`batchnorm._standardize.Standardize`, then the affine.
+    r"""A compiled training call as :class:`batchnorm._standardize.Standardize`.
 
-    ``x_hat`` from the (weighted) moments with batch norm's closed-form gradient, then the
-    composed affine ``x_hat * A + B`` in autograd (gamma's and beta's gradients, renorm's
-    ``r, d`` and the adjustment as constants), which inductor fuses into the same passes.
+    ``x_hat`` from the (weighted) moments and the composed affine ``x_hat * A + B`` in one
+    function with batch norm's closed-form gradient; autograd takes ``A``'s and ``B``'s
+    gradients on to gamma and beta (renorm's ``r, d`` and the adjustment are constants).
     """
     xv, view, wv, gamma, beta, epsilon, renorm_state, adjusted, _ = call  # (unsynchronized)
     acc = accumulation_dtype(xv.dtype)
@@ -1055,18 +1068,24 @@ def _compiled_standardized(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
     order = xv.dim_order()
     back = tuple(order.index(d) for d in range(xv.dim()))
     xm = xv.permute(order)
-    wm = None if wv is None else wv.reshape((1,) * (xv.dim() - wv.dim()) + wv.shape).permute(order)
+    wm = None if wv is None else _with_rank(wv, xv.dim()).permute(order)
     reduce_dims = tuple(i for i, d in enumerate(order) if d not in view.axes)
     with torch.no_grad():
-        moments = compute_moments(xm, reduce_dims, wm)
+        moments = one_read_moments(xm, reduce_dims, wm)
     total = moments.count.to(moments.mean)
     inv = invstd(moments.var, epsilon)
-    x_hat = Standardize.apply(xm, wm, moments.mean, inv, total, reduce_dims).permute(back)
-    moments = Moments(*(t if t.dim() == 0 else t.permute(back) for t in moments))
-    pooled = moments if view.group_dim is None else pool_groups(moments, view.group_dim)
+    moments_v = Moments(*(t if t.dim() == 0 else t.permute(back) for t in moments))
+    pooled = moments_v if view.group_dim is None else pool_groups(moments_v, view.group_dim)
     gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
     output = _output_affine(pooled, gamma_v, beta_v, epsilon, renorm_state, adjusted)
-    return (x_hat * output.scale + output.shift).to(xv.dtype), pooled
+    scale, shift = (_with_rank(t, xv.dim()).permute(order) for t in output)
+    y = Standardize.apply(xm, wm, moments.mean, inv, total, reduce_dims, scale, shift)
+    return y.permute(back).to(xv.dtype), pooled
+
+
+def _with_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
+    """``t`` with leading size-1 dimensions up to ``rank`` (a view, broadcasting alike)."""
+    return t.reshape((1,) * (rank - t.dim()) + t.shape)
 
 
 def _compiled_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
@@ -1109,9 +1128,10 @@ def _excluding_nonfinite(
     backward would still form ``0 * NaN`` there (the sums of ``dy * x_hat`` over every
     position). This route runs ``normalize`` on the input with such values replaced by 0 and
     gives those positions a NaN output without a gradient: they contribute nothing to any
-    gradient and receive none. Tensor ops, no host read: the traced, reference and
-    accelerator routes (the eager CPU backward detects the case itself,
-    :meth:`batchnorm._kernels.NormalizeApply.backward`).
+    gradient and receive none. Tensor ops, no host read: the reference route, and the fast
+    path off the CPU (the eager CPU backward detects the case itself,
+    :meth:`batchnorm._kernels.NormalizeApply.backward`; the compiled closed form takes their
+    ``x_hat`` as 0, :class:`batchnorm._standardize.Standardize`).
     """
 
     def route(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
