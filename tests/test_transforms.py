@@ -6,6 +6,8 @@ Oracles: the reference path (``fused=False``, plain autograd ops) for the same c
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from configs import CONFIGS, call_tensors, config_id, option_kwargs, state_tensors
@@ -91,6 +93,11 @@ def _adjustment(shape):
     return torch.full((3, 1, 1), 1.25), torch.full((3, 1, 1), 0.5)
 
 
+def _adjustment_by_element(shape):
+    wave = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape).cos()
+    return 1.0 + 0.25 * wave, 0.5 * wave
+
+
 # A small fixed set (CI time): every option once, on NCHW input of two batch sizes.
 COMPILE_OPTIONS = {
     "plain": ({}, {}),
@@ -104,6 +111,8 @@ COMPILE_OPTIONS = {
     "mask": ({}, {"mask": "mask"}),
     "keras_mask": ({}, {"mask": "keras_mask"}),  # Keras' form, x.shape[:-1]
     "adjustment": ({"adjustment": _adjustment}, {}),
+    # Varying over the batch: the closed form's backward takes its general sums.
+    "adjustment_element": ({"adjustment": _adjustment_by_element}, {}),
     "zero_debias": ({"zero_debias_moving_mean": True}, {}),
     "deferred": ({"deferred_updates": True}, {}),
 }
