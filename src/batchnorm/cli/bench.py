@@ -65,7 +65,10 @@ The command reports measurements; the acceptance targets are evaluated from its 
 ``--compile`` times every torch candidate ``torch.compile``d (ours, native, the composites;
 tf_keras is skipped) and adds ``compiled`` and ``compile_s`` to each row: the first call's
 time beyond a compiled call's, with inductor's graph cache off and dynamo's caches emptied for
-each case. ``saved_bytes`` is not counted then.
+each case. That is a warm figure: C++ kernels that another candidate (or an earlier run)
+already built are found in inductor's code cache. ``benchmarks/compile_time.py`` in the source
+tree measures cold compiles, a process and an empty cache each. ``saved_bytes`` is not counted
+then.
 """
 
 from __future__ import annotations
