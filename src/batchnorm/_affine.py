@@ -23,7 +23,9 @@ from batchnorm._types import Affine, Moments
 __all__ = [
     "bessel_factor",
     "compose",
+    "decay_factor",
     "ema_update",
+    "ema_update_",
     "float32_round",
     "host_factor",
     "host_factor_for",
@@ -114,14 +116,29 @@ def ema_update(moving: torch.Tensor, value: torch.Tensor, momentum: float) -> to
     if torch.compiler.is_compiling():  # the same float32 factor, as a graph constant
         factor: torch.Tensor | float = torch.tensor(1.0 - momentum, dtype=torch.float32)
     else:
-        factor = _decay_factor(momentum, moving.dtype, moving.device)
+        factor = decay_factor(momentum, moving.dtype, moving.device)
     return moving - (moving - value).mul_(factor)
 
 
+def ema_update_(moving: torch.Tensor, value: torch.Tensor, factor: torch.Tensor | float) -> None:
+    """:func:`ema_update` written into ``moving``, with its ``factor`` (:func:`decay_factor`).
+
+    The same arithmetic to the bit (``moving - d`` in place is ``moving - d``), without the
+    new tensor and the copy into a buffer: for a layer's decided calls
+    (:mod:`batchnorm._lanes`), whose update no check follows.
+
+    Example:
+        >>> moving = torch.zeros(1)
+        >>> factor = decay_factor(0.5, moving.dtype, moving.device)
+        >>> ema_update_(moving, torch.tensor([10.0]), factor)
+        >>> moving.tolist()
+        [5.0]
+    """
+    moving.sub_((moving - value).mul_(factor))
+
+
 @functools.lru_cache(maxsize=256)
-def _decay_factor(
-    momentum: float, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor | float:
+def decay_factor(momentum: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor | float:
     """``1 - momentum`` rounded to float32, as :func:`host_factor` gives it (never write it)."""
     return host_factor_for(float32_round(1.0 - momentum), dtype, device)
 

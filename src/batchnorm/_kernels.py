@@ -881,9 +881,15 @@ def _triple_product(
 
 
 @functools.lru_cache(maxsize=256)
-def _biased_factor(count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | float:
-    """``(n - 1) / n`` as :func:`batchnorm._affine.host_factor_for` gives it, once per count."""
-    return host_factor_for((count - 1) / count, dtype, device)
+@functools.lru_cache(maxsize=256)
+def _count_constants(
+    count: int, dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """The count as :func:`count_tensor` and ``(n - 1) / n`` as ``host_factor_for`` give them.
+
+    One cached lookup per call for both (never write to them).
+    """
+    return count_tensor(count, dtype), host_factor_for((count - 1) / count, dtype, device)
 
 
 def aten_training(
@@ -928,6 +934,7 @@ def aten_training(
         return None
     count = x.numel() // block.shape[1]
     # Not in place: ATen saves both vectors for its backward.
-    var = unbiased * _biased_factor(count, unbiased.dtype, unbiased.device)
-    moments = Moments(count_tensor(count, acc), mean, var)
+    count_as_tensor, biased = _count_constants(count, acc, unbiased.device)
+    var = unbiased * biased
+    moments = Moments(count_as_tensor, mean, var)
     return (y if restore is None else viewed_like(y, restore)), moments

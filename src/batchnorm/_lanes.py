@@ -32,7 +32,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from batchnorm._affine import updated_statistics
+from batchnorm._affine import bessel_factor, decay_factor, ema_update_, updated_statistics
 from batchnorm._aten import native_inference
 from batchnorm._axes import ChannelLayout
 from batchnorm._kernels import aten_training
@@ -71,20 +71,41 @@ class Lane(NamedTuple):
             (the fields of :class:`batchnorm.functional.StatisticsUpdate` after its batch);
             None in inference.
         fold: Training: how ATen's kernel may fold (``Plan.fold``).
+        cast: The dtype the layer casts this input to (its dtype policy), or None.
+        in_place: Training where the rule comes to two moving averages and nothing else (no
+            zero-debias, no guard, the batch moments in the buffers' dtype): their factors,
+            ``1 - momentum`` and the variance's correction (None without), for
+            :func:`batchnorm._affine.ema_update_` on the buffers themselves. None otherwise:
+            :func:`batchnorm._affine.updated_statistics` and the layer's commit.
     """
 
     axes: tuple[int, ...]
     epsilon: float
     rule: Mapping[str, Any] | None = None
     fold: str = ""
+    in_place: tuple[torch.Tensor | float, torch.Tensor | float | None] | None = None
+    cast: torch.dtype | None = None
 
 
-def lane_key(x: torch.Tensor, normalise: bool, update: bool) -> tuple[object, ...]:
-    """The signature a lane is kept under: the input's and the call's resolved mode.
+def lane_key(
+    inputs: torch.Tensor, training: bool | None, module_training: bool, trainable: bool
+) -> tuple[object, ...]:
+    """The signature a lane is kept under: the input's, and what decides the call's mode.
 
-    (Not grad mode: where inference is ATen's kernel, whether it records changes no route.)
+    ``training`` is the call's argument (None or a bool), ``module_training`` the module's
+    mode and ``trainable`` the layer's: together they resolve whether the call normalises with
+    the batch and updates. (Not grad mode: where inference is ATen's kernel, whether it
+    records changes no route.)
     """
-    return (x.shape, x.stride(), x.dtype, x.device, normalise, update)
+    return (
+        inputs.shape,
+        inputs.stride(),
+        inputs.dtype,
+        inputs.device,
+        training,
+        module_training,
+        trainable,
+    )
 
 
 def make_lane(
@@ -94,8 +115,11 @@ def make_lane(
     layout: ChannelLayout,
     normalise: bool,
     update: bool,
+    cast: torch.dtype | None = None,
 ) -> Lane | None:
     """The lane of a call the general path just made with ``x`` (checked there), or None.
+
+    ``cast`` is the dtype the layer cast its input to for ``x`` (None: not cast).
 
     None where something is still decided per call: the reference path, synchronization,
     any option beyond the plain ones, deferred updates, a frozen layer's training call, or a
@@ -105,7 +129,7 @@ def make_lane(
         return None
     axes = layout.axes
     if not normalise:
-        return Lane(axes, options.epsilon) if plan_for(x, axes).infer == "aten" else None
+        return Lane(axes, options.epsilon, cast=cast) if plan_for(x, axes).infer == "aten" else None
     plain = not options.renorm and options.virtual_batch_size is None and not options.adjustment
     if not plain or layer.deferred_updates:
         return None
@@ -124,15 +148,29 @@ def make_lane(
         # fails on NaN and on an overflowed variance), so the update needs no guard of its own.
         "nonfinite": "propagate" if plan.fold == "if_within_limit" else options.nonfinite,
     }
-    return Lane(axes, options.epsilon, rule, plan.fold)
+    in_place = None
+    if (
+        not rule["zero_debias"]
+        and rule["nonfinite"] == "propagate"
+        and accumulation_dtype(x.dtype) == dtype
+    ):
+        device = layer._buffers["moving_mean"].device
+        count = float(layout.reduced_count)
+        correction = bessel_factor(count, layer._buffers["moving_variance"])
+        in_place = (
+            decay_factor(options.momentum, dtype, device),
+            correction if rule["variance_correction"] else None,
+        )
+    return Lane(axes, options.epsilon, rule, plan.fold, in_place, cast)
 
 
-def run_lane(layer: LaneOwner, lane: Lane, x: torch.Tensor) -> torch.Tensor | None:
-    """The output of the decided call on ``x`` (the layer's input, cast), or None to decline.
+def run_lane(layer: LaneOwner, lane: Lane, inputs: torch.Tensor) -> torch.Tensor | None:
+    """The output of the decided call on the layer's ``inputs``, or None to decline.
 
     Declines a training call whose batch mean lies beyond the folding limit (ATen's kernel
     folds it): the general call then runs the passes.
     """
+    x = inputs if lane.cast is None else inputs.to(lane.cast)
     parameters, buffers = layer._parameters, layer._buffers
     gamma, beta = parameters["gamma"], parameters["beta"]
     if lane.rule is None:
@@ -145,6 +183,13 @@ def run_lane(layer: LaneOwner, lane: Lane, x: torch.Tensor) -> torch.Tensor | No
     if trained is None:
         return None
     y, moments = trained
+    if lane.in_place is not None:
+        decay, correction = lane.in_place
+        moving_mean, moving_variance = buffers["moving_mean"], buffers["moving_variance"]
+        var = _shaped_like(moments.var, moving_variance)
+        ema_update_(moving_mean, _shaped_like(moments.mean, moving_mean), decay)
+        ema_update_(moving_variance, var if correction is None else var * correction, decay)
+        return y
     state = layer._state()
     like = state["moving_mean"]
     batch = Moments(

@@ -528,17 +528,24 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
             BatchNormError: for a non-tensor, a rank or channel size that does not match the
                 built layer, a bad mask or weights; weights and statistics are left unchanged.
         """
-        x, normalise, update = self._resolve_call(inputs, training)
         lanes = self.__dict__.get("_lanes")
         key = None
+        if (
+            lanes is not None
+            and mask is None
+            and batch_weights is None
+            and (training is None or training is True or training is False)
+            and isinstance(inputs, torch.Tensor)
+            and not _traced()
+        ):
+            key = lane_key(inputs, training, self.training, self._trainable)
+            lane = lanes.get(key)
+            if lane is not None:  # (its shape passed the layout's check when it was made)
+                output = run_lane(self, lane, inputs)
+                if output is not None:
+                    return output
+        x, normalise, update = self._resolve_call(inputs, training)
         try:
-            if mask is None and batch_weights is None and lanes is not None and not _traced():
-                key = lane_key(x, normalise, update)
-                lane = lanes.get(key)
-                if lane is not None:  # (its shape passed the layout's check when it was made)
-                    output = run_lane(self, lane, x)
-                    if output is not None:
-                        return output
             layout = self._layout.with_batch(x.shape)
             result = batch_norm_checked(
                 x,
@@ -562,7 +569,9 @@ class BatchNormalization(LazyModuleMixin, nn.Module):
         elif normalise and result.update is not None:  # a frozen V1 layer in training
             self._commit_frozen(result.new_stats)
         if key is not None and key not in lanes:  # this signature's decisions, for next time
-            lanes[key] = make_lane(self, x, self._call_options(), layout, normalise, update)
+            cast = None if x.dtype == inputs.dtype else x.dtype
+            options = self._call_options()
+            lanes[key] = make_lane(self, x, options, layout, normalise, update, cast)
         return result.output
 
     def _prepare_call(
