@@ -1,10 +1,16 @@
-"""The stats pass's variance against float64, and native's, at channel offsets up to 1e5 std.
+"""Precision of a training call against float64, and native's, at channel offsets up to 1e5 std.
 
 For each layout (NCHW, channels_last, dense), each channel offset in standard deviations, float32
-data with unit spread, and data spread by 1e18 and 1e19 (squares beyond float32's range): the
-largest relative error over the channels of the variance of
-``batchnorm._statistics.stats_pass`` and of ``torch.native_batch_norm``'s (``1 / invstd^2``
-with epsilon 0), both against float64 on the same float32 values::
+data with unit spread, and data spread by 1e18 and 1e19 (squares beyond float32's range), on the
+same float32 values, against float64:
+
+- the variance: the largest relative error over the channels of
+  ``batchnorm._statistics.stats_pass``'s and of ``torch.native_batch_norm``'s (``1 / invstd^2``
+  with epsilon 0);
+- the output and the input gradient of a training call (``bn.functional.batch_norm``, its
+  default fast path, against ``torch.nn.functional.batch_norm``, epsilon 1e-3 times the
+  spread's square, a fixed upstream gradient): the largest absolute error over the largest
+  magnitude of the float64 result (``nan`` where the result is not finite)::
 
     .venv/bin/python benchmarks/precision.py
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+import batchnorm as bn
 from batchnorm._plan import plan_for
 from batchnorm._statistics import stats_pass
 
@@ -28,25 +35,59 @@ def _native_variance(x: torch.Tensor) -> torch.Tensor:
     return 1.0 / invstd.double() ** 2
 
 
+def _step(x: torch.Tensor, dy: torch.Tensor, epsilon: float, ours: bool) -> list[torch.Tensor]:
+    """A training call's output and input gradient, by batchnorm or by native."""
+    x = x.detach().requires_grad_(True)
+    if ours:
+        channels = x.shape[1]
+        state = torch.zeros(channels, dtype=x.dtype), torch.ones(channels, dtype=x.dtype)
+        y = bn.functional.batch_norm(x, *state, training=True, axis=1, epsilon=epsilon).output
+    else:
+        y = torch.nn.functional.batch_norm(x, None, None, training=True, eps=epsilon)
+    y.backward(dy)
+    assert x.grad is not None
+    return [y.detach(), x.grad]
+
+
+def _error(got: torch.Tensor, exact: torch.Tensor) -> float:
+    """Largest absolute error over the largest magnitude (nan where not finite)."""
+    if not torch.isfinite(got).all():
+        return float("nan")
+    return ((got.double() - exact).abs().max() / exact.abs().max()).item()
+
+
 def main() -> None:
     torch.manual_seed(0)
-    print("variance: largest relative error over channels against float64 (same float32 data)")
-    print(f"{'layout':14s} {'offset/std':>10s} {'batchnorm':>10s} {'native':>10s}  route")
+    print("against float64 on the same float32 data: the variance's largest relative error over")
+    print("channels; the output's and the input gradient's largest error over their largest value")
+    header = ("variance", "output", "input grad")
+    print(
+        f"{'layout':14s} {'offset/std':>10s} "
+        + " ".join(f"{h + ' ours/native':>21s}" for h in header)
+    )
     cases = [(offset, 1.0) for offset in OFFSETS] + [(0.0, spread) for spread in SPREADS]
     for layout, shape in LAYOUTS.items():
         for offset, spread in cases:
             x = ((torch.randn(shape, dtype=torch.float64) + offset) * spread).float()
             if layout == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
+            dy = torch.randn(shape)
             dims = tuple(d for d in range(x.dim()) if d != 1)
             exact = x.double().var(dim=dims, unbiased=False)
             ours = stats_pass(x, (1,)).var.flatten().double()
             native = _native_variance(x)
-            ours_error = ((ours - exact).abs() / exact).max().item()
-            native_error = ((native - exact).abs() / exact).max().item()
+            epsilon = 1e-3 * spread**2
+            steps = [
+                _step(t, dy.to(t.dtype), epsilon, mine)
+                for t, mine in ((x.double(), False), (x, True), (x, False))
+            ]
+            errors = [((v - exact).abs() / exact).max().item() for v in (ours, native)]
+            for index in range(2):  # the output, then the input gradient
+                errors += [_error(step[index], steps[0][index]) for step in steps[1:]]
             route = plan_for(x, (1,)).stats
             label = f"{offset:10.0e}" if spread == 1.0 else f"std {spread:.0e}".rjust(10)
-            print(f"{layout:14s} {label} {ours_error:10.1e} {native_error:10.1e}  {route}")
+            pairs = " ".join(f"{errors[2 * i]:10.1e}/{errors[2 * i + 1]:<10.1e}" for i in range(3))
+            print(f"{layout:14s} {label} {pairs}  {route}")
 
 
 if __name__ == "__main__":
