@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional
 
 import batchnorm as bn
+from batchnorm.cli._allocator import keep_freed_memory
 
 
 def _medians_us(
@@ -78,10 +79,13 @@ def main() -> None:
         "layer": lambda: layer(x, training=False),
         "layer, general": lambda: general(x, training=False),
     }
+    # As bench does: otherwise an output of 128 KiB or more is a fresh mmap on every call, and
+    # its page faults slow the small ops that follow it (10 us at (32, 64, 8, 8)).
+    allocator = keep_freed_memory()
     print(
         f"per call, {tuple(args.shape)} float32 NCHW, median of {args.rounds} interleaved "
         f"rounds of {args.burst} calls, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"{torch.get_num_threads()} threads; {allocator}"
     )
     step_us = _medians_us(steps, args.rounds, args.burst)
     with torch.no_grad():
