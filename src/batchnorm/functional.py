@@ -834,7 +834,8 @@ def batch_norm_checked(
         )
     normalize = _fast_normalize if fast else _reference_normalize
     if sync is None and options.fused is not False and torch.compiler.is_compiling():
-        normalize = _compiled_route(view, wv, renorm=options.renorm)
+        composed = options.renorm or adjusted is not None
+        normalize = _compiled_route(view, wv, composed=composed)
     # Routes whose backward does not keep an excluded NaN out by itself (the eager CPU backward
     # and the compiled closed form do).
     cleans_itself = normalize is _compiled_standardized or (
@@ -1032,24 +1033,27 @@ def routes(
 
 
 def _compiled_route(
-    view: _View, wv: torch.Tensor | None, *, renorm: bool
+    view: _View, wv: torch.Tensor | None, *, composed: bool
 ) -> Callable[[TrainingCall], tuple[torch.Tensor, Moments]]:
     """The training route of an unsynchronized call being compiled (or exported).
 
-    ATen's batch-norm op (:func:`_compiled_normalize`) for unweighted calls without renorm or
-    ghost batches whose kept dimensions are 1 to k (channels on dimension 1, or several channel
-    axes after it) with at least two values a channel (a guard on symbolic sizes); else plain
-    ops with the closed-form gradient (:func:`_compiled_standardized`): one read of ``x`` for
-    the moments and one elementwise pass forward, one reduction and one elementwise pass back.
-    Measured by ``bench --compile --quick`` ((32, 64, 56, 56) float32, forward and backward,
-    x compiled native plain, NCHW and channels_last): plain 1.01 and 1.02 by ATen's op; in
-    closed form renorm 0.95 and 1.13, ghost batches 0.98 and 0.95, batch weights 0.98 and
-    1.10-1.22, a mask 1.14 and 1.12. (With two reads for the moments and the affine in
-    autograd: renorm 1.02 and 1.44, ghost batches 1.21 and 1.75.)
+    ATen's batch-norm op (:func:`_compiled_normalize`) for plain calls (unweighted, no ghost
+    batches, no affine ``composed`` onto ``x_hat``: renorm or an adjustment) whose kept
+    dimensions are 1 to k (channels on dimension 1, or several channel axes after it) with at
+    least two values a channel (a guard on symbolic sizes); else plain ops with the closed-form
+    gradient (:func:`_compiled_standardized`): one read of ``x`` for the moments and one
+    elementwise pass forward, one reduction and one elementwise pass back. Measured by ``bench
+    --compile`` (float32, forward and backward, x compiled native plain): at (32, 64, 56, 56)
+    NCHW and channels_last plain 1.03 and 0.98 by ATen's op; in closed form renorm 0.94 and
+    0.99, ghost batches 0.94 and 0.96, batch weights 0.98 and 1.19, a mask 1.05 and 0.89. An
+    adjustment composed after ATen's op took 1.27 and 1.18 at (64, 256, 14, 14), 1.12 and 1.36
+    at (8, 32, 112, 112) (autograd's reduction for the affine's gradient is one more pass); in
+    closed form 1.09, 1.00, 0.92 and 0.98. (With two reads for the moments and the affine in
+    autograd, renorm took 1.02 and 1.44, ghost batches 1.21 and 1.75.)
     """
     kept = view.axes
     aten_op = kept == tuple(range(1, len(kept) + 1)) and view.reduced_count >= 2
-    if wv is None and not renorm and view.group_dim is None and aten_op:
+    if wv is None and not composed and view.group_dim is None and aten_op:
         return _compiled_normalize
     return _compiled_standardized
 
@@ -1089,34 +1093,26 @@ def _with_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
 
 
 def _compiled_normalize(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
-    r"""An unweighted training call under ``torch.compile``: ATen's batch-norm op, then the affine.
+    r"""A plain training call under ``torch.compile``: ATen's batch-norm op.
 
     Inductor lowers ``torch.nn.functional.batch_norm`` and its backward to the kernels it gives
     ``torch.nn.BatchNorm2d``, centred (``(x - mean) * invstd``), so a compiled call costs what a
-    compiled native one does. Several kept dimensions are flattened into ATen's channels.
-    Plain calls hand it gamma and beta; an adjustment composes into ``A, B`` applied to its
-    ``\hat{x}``, which inductor fuses into the same elementwise kernel. As
+    compiled native one does. Several kept dimensions are flattened into ATen's channels. As
     :func:`batchnorm._kernels.aten_training` does eagerly, zeroed running statistics with
     momentum 1 receive each channel's mean and unbiased variance.
     """
-    xv, view, _, gamma, beta, epsilon, _, adjusted, _ = call  # (plain but for an adjustment)
+    xv, view, _, gamma, beta, epsilon, _, _, _ = call  # (plain)
     acc = accumulation_dtype(xv.dtype)
     kept = view.axes
     channels = math.prod([view.shape[d] for d in kept])
     rows = xv.reshape(view.shape[0], channels, *view.shape[kept[-1] + 1 :])
     mean = torch.zeros(channels, dtype=acc, device=xv.device)
     unbiased = torch.zeros(channels, dtype=acc, device=xv.device)
-    weight, bias = (None, None) if adjusted is not None else (_flat(gamma, acc), _flat(beta, acc))
+    weight, bias = _flat(gamma, acc), _flat(beta, acc)
     y = torch.nn.functional.batch_norm(rows, mean, unbiased, weight, bias, True, 1.0, epsilon)
     count = weight_total(None, rows.shape, [d for d in range(rows.dim()) if d != 1]).to(acc)
     var = unbiased * ((count - 1) / count)
-    moments = Moments(count, mean.reshape(view.keep_shape), var.reshape(view.keep_shape))
-    if adjusted is None:
-        return y, moments
-    gamma_v, beta_v = (_per_channel(t, view.param_shape, acc) for t in (gamma, beta))
-    output = _output_affine(moments, gamma_v, beta_v, epsilon, None, adjusted)
-    y = y.reshape(view.shape) * output.scale + output.shift
-    return y.to(xv.dtype), moments
+    return y, Moments(count, mean.reshape(view.keep_shape), var.reshape(view.keep_shape))
 
 
 def _excluding_nonfinite(
