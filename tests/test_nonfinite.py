@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import batchnorm as bn
-from batchnorm._nonfinite import guarded
+from batchnorm._nonfinite import all_finite, guarded
 from batchnorm._types import Moments
 
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -268,3 +268,15 @@ def test_the_guard_under_torch_func_selects_on_the_tensors() -> None:
     # The kept statistics do not depend on the skipped batch: a zero Jacobian, no NaN.
     jacobian = torch.func.jacrev(new_mean)(batches[1])
     assert torch.equal(jacobian, torch.zeros_like(jacobian))
+
+
+def test_the_finiteness_probe_survives_inductor():
+    """Inductor folds ``x * 0`` to 0 (a NaN or Inf times 0 becomes 0); the probe's
+    ``torch.add(first, other, alpha=0)`` must stay a NaN where ``other`` is not finite."""
+    torch._dynamo.reset()
+    probe = torch.compile(all_finite, fullgraph=True)
+    finite = torch.zeros(4)
+    for bad in (float("inf"), float("nan")):
+        other = torch.tensor([1.0, bad, 1.0, 1.0])
+        assert not bool(probe(finite, other)), bad
+    assert bool(probe(finite, torch.ones(4)))
