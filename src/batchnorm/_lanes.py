@@ -9,20 +9,24 @@ left to decide, kept by the layer per signature (:func:`lane_key`):
 - inference whose plan is ATen's inference kernel (``Plan.infer == "aten"``): one call of
   :func:`batchnorm._aten.native_inference`;
 - a training call with plain options whose plan is ATen's training kernel
-  (``Plan.training == "aten"``): :func:`batchnorm._kernels.aten_training`, then
-  :func:`batchnorm._affine.updated_statistics` and the layer's commit.
+  (``Plan.training == "aten"``): :func:`batchnorm._kernels.aten_training`, then the two
+  moving averages written into the buffers (:func:`batchnorm._affine.ema_update_`) where the
+  update comes to nothing else, :func:`batchnorm._affine.updated_statistics` and the layer's
+  commit otherwise.
 
-A lane runs the general call's own route functions on the same tensors, so its results are
-the general call's to the bit (``tests/test_lanes.py``). Where the training kernel would fold
-a mean beyond ``FOLD_LIMIT`` (the data decide), :func:`run_lane` returns None and the general
-call runs. The layer keeps lanes only for calls without mask or weights, outside compiling,
-tracing and ``torch.func``; it drops them when an option attribute changes or its tensors
-move (``.to()``, ``.double()``).
+A lane is found from the call's own arguments (:func:`lane_key`), before the layer resolves
+them. It runs the general call's own route functions and arithmetic on the same tensors, so
+its results are the general call's to the bit (``tests/test_lanes.py``). Where the training
+kernel would fold a mean beyond ``FOLD_LIMIT`` (the data decide), :func:`run_lane` returns
+None and the general call runs. The layer keeps lanes only for calls without mask or
+weights, outside compiling, tracing and ``torch.func``; it drops them when an option
+attribute changes or its tensors move (``.to()``, ``.double()``).
 
-Measured by ``benchmarks/per_call.py`` (float32 NCHW, 30 rounds of 100 calls): a (8, 16, 4, 4)
-training step takes 120 us with lanes against 166 us without (``nn.BatchNorm2d``: 78 us,
-``F.batch_norm``: 57 us), an inference call 21 us against 37 (24 and 10); at (32, 64, 8, 8)
-371 us against 418 (273 and 245), and 28 us against 36 (30 and 20).
+Measured by ``benchmarks/per_call.py`` (float32 NCHW, 30 rounds of 100 calls, one run): a
+(8, 16, 4, 4) training step takes 157 us with lanes against 257 us without (``nn.BatchNorm2d``:
+108 us, ``F.batch_norm``: 81 us), an inference call 18 us against 33 (24 and 9); six runs put
+the training step at 1.39-1.64x ``nn.BatchNorm2d`` (median 1.50x), (32, 64, 8, 8) at
+1.12-1.17x.
 """
 
 from __future__ import annotations
