@@ -145,21 +145,8 @@ def compute_moments(
         [[1.5, 15.0]]
     """
     dims = tuple(reduce_dims)
-    xs = x.to(accumulation_dtype(x.dtype))
-    if weights is None:
-        first = xs.mean(dim=dims, keepdim=True)
-        centered = xs - first
-        shift = centered.mean(dim=dims, keepdim=True)
-        var = (centered * centered).mean(dim=dims, keepdim=True) - shift * shift
-        return Moments(weight_total(None, x.shape, dims).to(xs), first + shift, var.clamp_min(0))
-    weights = weights.detach().to(xs.dtype)
-    total = weight_total(weights, x.shape, dims)
-    first = no_nan_divide(weighted(xs, weights).sum(dim=dims, keepdim=True), total)
-    centered = xs - first
-    shift = no_nan_divide(weighted(centered, weights).sum(dim=dims, keepdim=True), total)
-    squares = weighted(centered * centered, weights).sum(dim=dims, keepdim=True)
-    var = (no_nan_divide(squares, total) - shift * shift).clamp_min(0)
-    return Moments(total.expand_as(first) if total.dim() else total, first + shift, var)
+    xs, ws, total = _accumulated(x, dims, weights)
+    return _corrected_moments(xs, ws, dims, total, _weighted_mean(xs, ws, dims, total))
 
 
 def one_read_moments(
@@ -192,15 +179,37 @@ def one_read_moments(
         ([[1.5, 15.0]], [[0.75, 75.0]])
     """
     dims = tuple(reduce_dims)
-    xs = x.to(accumulation_dtype(x.dtype))
-    ws = None if weights is None else weights.to(xs.dtype)
-    total = weight_total(ws, x.shape, dims)
+    xs, ws, total = _accumulated(x, dims, weights)
     sample, sample_weights = xs, ws
     for d in dims[1:] or dims:
         sample = sample.narrow(d, 0, 1)
         if sample_weights is not None and sample_weights.shape[d] != 1:
             sample_weights = sample_weights.narrow(d, 0, 1)
     shift = _weighted_mean(sample, sample_weights, dims)
+    return _corrected_moments(xs, ws, dims, total, shift)
+
+
+def _accumulated(
+    x: torch.Tensor, dims: tuple[int, ...], weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """``x`` and the (detached) weights in the accumulation dtype, and their total ``W``."""
+    xs = x.to(accumulation_dtype(x.dtype))
+    ws = None if weights is None else weights.detach().to(xs.dtype)
+    return xs, ws, weight_total(ws, x.shape, dims).to(xs.dtype)
+
+
+def _corrected_moments(
+    xs: torch.Tensor,
+    ws: torch.Tensor | None,
+    dims: tuple[int, ...],
+    total: torch.Tensor,
+    shift: torch.Tensor,
+) -> Moments:
+    """The moments from the (weighted) means of ``d = x - shift`` and ``d^2``.
+
+    ``mean = shift + E[d]`` and ``var = E[d^2] - E[d]^2``: the error of ``shift`` (a first
+    mean, or a sample's) cancels, whatever the offset.
+    """
     centred = xs - shift
     offset = _weighted_mean(centred, ws, dims, total)
     var = (_weighted_mean(centred * centred, ws, dims, total) - offset * offset).clamp_min(0)

@@ -47,7 +47,7 @@ import torch
 
 from batchnorm._moments import no_nan_divide
 
-__all__ = ["Standardize"]
+__all__ = ["Standardize", "is_per_channel"]
 
 
 class Standardize(torch.autograd.Function):
@@ -55,7 +55,7 @@ class Standardize(torch.autograd.Function):
 
     ``apply(x, weights, mean, invstd, total, reduce_dims, scale, shift)``: ``mean`` and
     ``invstd`` must be the (weighted) batch moments of ``x`` over ``reduce_dims`` (size 1
-    there, from :func:`batchnorm._moments.compute_moments` without a graph) and ``total`` their
+    there, from :func:`batchnorm._moments.one_read_moments` without a graph) and ``total`` their
     ``W`` (the count unweighted); the backward differentiates through them in closed form.
     ``weights`` (or None) broadcast to ``x`` and are constants; ``scale`` and ``shift``
     broadcast to ``x`` and receive gradients. The output is in ``mean``'s dtype.
@@ -90,7 +90,7 @@ class Standardize(torch.autograd.Function):
         # Recomputed: inductor fuses it into the loops that read x.
         x_hat = _excluded_nonfinite_zeroed((x.to(mean.dtype) - mean) * invstd, weights)
         dims = ctx.reduce_dims
-        if all(scale.shape[d] == 1 for d in dims):
+        if is_per_channel(scale, dims):
             # One reduction of (dy, dy * x_hat) over ``dims`` serves every gradient.
             sum_dy = dy.sum(dim=dims, keepdim=True)
             sum_dy_x_hat = (dy * x_hat).sum(dim=dims, keepdim=True)
@@ -108,6 +108,11 @@ class Standardize(torch.autograd.Function):
         dscale = sum_dy_x_hat.sum_to_size(scale.shape) if ctx.needs_input_grad[6] else None
         dshift = sum_dy.sum_to_size(ctx.shift_shape) if ctx.needs_input_grad[7] else None
         return dx, None, None, None, None, None, dscale, dshift
+
+
+def is_per_channel(t: torch.Tensor, reduce_dims: tuple[int, ...]) -> bool:
+    """Whether ``t`` is the same over ``reduce_dims`` (size 1 there): one value a channel."""
+    return all(t.shape[d] == 1 for d in reduce_dims)
 
 
 def _excluded_nonfinite_zeroed(x_hat: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

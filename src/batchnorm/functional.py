@@ -48,7 +48,7 @@ from batchnorm._moments import (
 from batchnorm._nonfinite import all_finite, check_nonfinite
 from batchnorm._plan import Plan, plan_for
 from batchnorm._reference import reference_normalize_apply
-from batchnorm._standardize import Standardize
+from batchnorm._standardize import Standardize, is_per_channel
 from batchnorm._statistics import stats_pass
 from batchnorm._sync import Synchronizer, check_process_group, synchronizer_for
 from batchnorm._tf_rules import tensorflow_runs_fused_kernel
@@ -1091,15 +1091,10 @@ def _compiled_standardized(call: TrainingCall) -> tuple[torch.Tensor, Moments]:
         # compiled native at (64, 256, 14, 14) and (8, 32, 112, 112), 1.10-1.13x with them).
         factors = (inv, scale, shift)
         inv, scale, shift = (
-            _materialized(t) if _is_per_channel(t, reduce_dims) else t for t in factors
+            _materialized(t) if is_per_channel(t, reduce_dims) else t for t in factors
         )
     y = Standardize.apply(xm, wm, moments.mean, inv, total, reduce_dims, scale, shift)
     return y.permute(back).to(xv.dtype), pooled
-
-
-def _is_per_channel(t: torch.Tensor, reduce_dims: tuple[int, ...]) -> bool:
-    """Whether ``t`` is the same over ``reduce_dims`` (size 1 there): one value a channel."""
-    return all(t.shape[d] == 1 for d in reduce_dims)
 
 
 def _with_rank(t: torch.Tensor, rank: int) -> torch.Tensor:
