@@ -354,12 +354,14 @@ def _run(call: Call, made: dict[str, Any], fused: bool | None):
             value = leaves[name] = value.clone().requires_grad_(needs["parameters"])
         strided = call.strided_parameters and value is not None and name != "local_step"
         arguments[name] = _strided(value) if strided else value
+    adjusted: list[bool] = []  # whether the call ran the adjustment
     if "adjustment" in made:
         adjust = [t.clone().requires_grad_(needs["parameters"]) for t in made["adjustment"]]
         leaves |= {"adjustment scale": adjust[0], "adjustment bias": adjust[1]}
 
         def adjustment(input_shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
             assert tuple(input_shape) == call.shape
+            adjusted.append(True)
             return adjust[0], adjust[1]
 
         arguments["adjustment"] = adjustment
@@ -382,10 +384,11 @@ def _run(call: Call, made: dict[str, Any], fused: bool | None):
             moving_variance_correction=call.correction,
             **options,
         )
+    if not adjusted:  # (an empty batch never calls the adjustment: its tensors are unused)
+        leaves = {name: leaf for name, leaf in leaves.items() if not name.startswith("adjust")}
     if not leaves:
         assert not result.output.requires_grad
         return result, {}
-    # An empty batch never calls the adjustment.
     grads = torch.autograd.grad(
         result.output, list(leaves.values()), _incoming(call, made), allow_unused=True
     )

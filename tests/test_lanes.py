@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import batchnorm as bn
+import batchnorm._lanes as lanes_module
 import batchnorm.layer as layer_module
 
 CASES = {
@@ -20,6 +21,8 @@ CASES = {
     "two_channel_axes": ({"axis": [1, 2]}, (8, 6, 3, 4), torch.float32, None),
     "channels_last": ({}, (8, 6, 4, 4), torch.float32, torch.channels_last),
     "bfloat16": ({"dtype": "mixed_bfloat16"}, (8, 6, 4, 4), torch.bfloat16, None),
+    # float32 inputs that the dtype policy casts: the lane keeps the cast.
+    "cast_by_policy": ({"dtype": "mixed_bfloat16"}, (8, 6, 4, 4), torch.float32, None),
 }
 
 
@@ -163,3 +166,26 @@ def test_bad_input_after_decided_calls_is_still_refused():
     with pytest.raises(bn.BatchNormError, match="channel"):
         layer(torch.randn(8, 5, 4, 4), training=True)
     assert all(torch.equal(a, b) for a, b in zip(before, layer.buffers(), strict=True))
+
+
+def test_a_plain_training_lane_writes_the_moving_averages_into_the_buffers(lane_calls, monkeypatch):
+    """The plain lane updates in place (no new tensors, no commit), equal to the general call."""
+    written = []
+    ema_update_ = lanes_module.ema_update_
+
+    def counted(moving, value, factor):
+        written.append(moving)
+        ema_update_(moving, value, factor)
+
+    monkeypatch.setattr(lanes_module, "ema_update_", counted)
+    with_lanes, general = _twins({}, (8, 6, 4, 4))
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(2):  # the first call decides, the second takes the lane
+        x, dy = _inputs((8, 6, 4, 4), torch.float32, None, generator)
+        for layer in (with_lanes, general):
+            _step(layer, x, dy, True)
+    assert lane_calls["training"] == 1
+    assert written[0] is with_lanes.moving_mean and written[1] is with_lanes.moving_variance
+    assert len(written) == 2
+    for name, buffer in general.named_buffers():
+        assert torch.equal(dict(with_lanes.named_buffers())[name], buffer), name
