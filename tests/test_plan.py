@@ -196,6 +196,17 @@ CASES = [
         thresholds={"ATEN_TRAINING_ELEMENTS": 0},
     ),
     Case(
+        "bfloat16 channels_last: ATen statistics of rows folded into channels",
+        lambda: _channels_last(4, 8, 6, 6, dtype=BF16),
+        {"stats": "aten_folded_rows", "apply": "aten_unit", "reduce": "aten"},
+        thresholds={"ROW_FOLD_ROWS": 16},
+    ),
+    Case(
+        "bfloat16 channels_last below the folded rows: ATen statistics as they are",
+        lambda: _channels_last(4, 8, 6, 6, dtype=BF16),
+        {"stats": "aten", "apply": "aten_unit", "reduce": "aten"},
+    ),
+    Case(
         "bfloat16 ghost batches of channels_last: ATen slices",
         lambda: _channels_last(8, 8, 6, 6, dtype=BF16),
         {"stats": "aten_slices", "regroup": False, "apply": "aten_slices"},

@@ -25,6 +25,7 @@ __all__ = [
     "aten_input",
     "aten_slices",
     "aten_vector",
+    "folded_rows",
     "native_inference",
 ]
 
@@ -55,6 +56,44 @@ def aten_input(
     if view is None:
         return None
     return (view[:, :, 0] if view.shape[2] == 1 else view), x
+
+
+def folded_rows(x: torch.Tensor, axes: Sequence[int]) -> tuple[torch.Tensor, int] | None:
+    """``x``'s rows side by side for ATen's statistics kernel: ``(R / k, k C)``, and ``k``.
+
+    For inputs whose ``C`` channels are innermost in memory (channels_last, matrices), seen as
+    ``R`` rows of ``C``: ATen's kernel for them sums each thread's share of rows one after
+    another, so its rounding grows with ``R``. As ``k`` times the channels, the rows of each
+    channel fall in ``k`` interleaved groups, each ``k`` times shorter, in the same single
+    pass. ``k`` is the largest divisor of ``R`` up to ``ROW_FOLD_LIMIT``; None below
+    ``ROW_FOLD_ROWS`` rows, where ``k`` would be 1, or when the channels are not innermost.
+
+    Example:
+        >>> x = torch.zeros(2, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+        >>> view, k = folded_rows(x, [1])
+        >>> tuple(view.shape), k
+        ((128, 192), 64)
+    """
+    view = block_view(x, axes)
+    if view is None or view.shape[2] != 1:
+        return None
+    rows, channels = view.shape[0], view.shape[1]
+    k = _row_fold(rows)
+    if k == 1:
+        return None
+    return view.view(rows // k, k * channels), k
+
+
+def _row_fold(rows: int) -> int:
+    if rows < _thresholds.ROW_FOLD_ROWS:
+        return 1
+    return _largest_divisor(rows, _thresholds.ROW_FOLD_LIMIT)
+
+
+@functools.lru_cache(maxsize=256)
+def _largest_divisor(number: int, limit: int) -> int:
+    """The largest divisor of ``number`` that is at most ``limit``."""
+    return next(d for d in range(min(number, limit), 0, -1) if number % d == 0)
 
 
 def aten_vector(t: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from typing import NamedTuple
 import torch
 
 from batchnorm import _thresholds
-from batchnorm._aten import aten_input, aten_slices
+from batchnorm._aten import aten_input, aten_slices, folded_rows
 from batchnorm._reductions import block_view_sizes
 
 __all__ = ["Plan", "ROUTE_NAMES", "plan_for", "varying_dims"]
@@ -96,6 +96,7 @@ ROUTE_NAMES: dict[str, tuple[str, ...]] = {
         "weighted_rows",
         "weighted_blocks",
         "aten",
+        "aten_folded_rows",
         "aten_slices",
         "aten_rows",
         "aten_weighted_slices",
@@ -162,6 +163,8 @@ def _threshold_values() -> tuple[float, ...]:
         _thresholds.ATEN_APPLY_ELEMENTS,
         _thresholds.SLICE_ELEMENTS,
         _thresholds.ATEN_TRAINING_ELEMENTS,
+        _thresholds.ROW_FOLD_ROWS,
+        _thresholds.ROW_FOLD_LIMIT,
     )
 
 
@@ -243,7 +246,7 @@ def _stats_route(
     reduce_dims = [d for d in range(x.dim()) if d not in axes]
     if sixteen_bit and weights is None:
         if has_block_view:
-            return "aten"
+            return "aten_folded_rows" if folded_rows(x, axes) is not None else "aten"
         return "aten_slices" if slices is not None else "upcast_blocks"
     if sixteen_bit:
         varying = varying_dims(weights, x, reduce_dims)

@@ -13,6 +13,8 @@ __all__ = [
     "BLOCK_ELEMENTS",
     "FOLD_LIMIT",
     "OFFSET_LIMIT_SCALE",
+    "ROW_FOLD_LIMIT",
+    "ROW_FOLD_ROWS",
     "SLICE_ELEMENTS",
     "SMALL_INPUT_ELEMENTS",
 ]
@@ -43,6 +45,17 @@ ATEN_APPLY_ELEMENTS = 1 << 17
 # kernels run slice by slice (inputs without a block view: ghost batches of channels_last
 # inputs); below it, a call per slice costs more than the blocked torch ops it replaces.
 SLICE_ELEMENTS = 1 << 16
+
+# Folded rows (:mod:`batchnorm._aten`, the statistics of 16-bit inputs whose channels are
+# innermost: channels_last, matrices): ATen's kernel for them sums each thread's share of rows
+# one after another, so its rounding grows with the rows (bfloat16 (32, 64, 56, 56)
+# channels_last: 4e-5 to 3e-4 of the variance, 3-6x native's NCHW kernel on the same data).
+# From ``ROW_FOLD_ROWS`` rows, it takes ``k`` rows side by side as ``k`` times the channels, ``k``
+# the largest divisor of the rows up to ``ROW_FOLD_LIMIT``: one call still, 1e-7 to 1e-6 of the
+# variance at k = 64, at the same cost within the VM's noise (0.92-1.77 ms against 0.76-1.70
+# over the default 4-d shapes, ``benchmarks/pass_costs.py --sections bf16``).
+ROW_FOLD_ROWS = 1 << 13
+ROW_FOLD_LIMIT = 64
 
 # Blocked sums (:mod:`batchnorm._reductions`): elements per block, 4 MB of float32. Blocks stay
 # in the last-level cache; smaller ones pay torch's per-op cost (tens of microseconds here)
