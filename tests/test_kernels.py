@@ -625,3 +625,51 @@ def test_empty_inputs_give_empty_outputs_and_gradients(make, training):
     assert y.shape == x.shape
     y.sum().backward()
     assert x.grad.shape == x.shape and gamma.grad.shape == gamma.shape
+
+
+def _per_example(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+    """An adjustment that varies per example: the composite backward's case."""
+    generator = torch.Generator().manual_seed(8)
+    per_example = (shape[0], shape[1], 1, 1)
+    return torch.rand(per_example, generator=generator) + 0.5, torch.randn(per_example)
+
+
+SIXTEEN_BIT_OPTIONS = {
+    "plain": ({}, {}),
+    "renorm": ({"renorm": True}, {}),
+    "ghost batches": ({"virtual_batch_size": 2}, {}),
+    "batch weights": ({}, {"batch_weights": torch.rand(4)}),
+    "mask": ({}, {"mask": torch.rand(4, 1, 64, 80) > 0.3}),
+    "adjustment per example": ({"adjustment": _per_example}, {}),
+    "zero-debias": ({"zero_debias_moving_mean": True}, {}),
+    "deferred updates": ({"deferred_updates": True}, {}),
+}
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+@pytest.mark.parametrize("option", list(SIXTEEN_BIT_OPTIONS))
+def test_a_sixteen_bit_training_step_never_copies_the_input_to_float32(
+    option, channels_last, monkeypatch
+):
+    """Every allocation of a bfloat16 training step (forward and backward, fast path) is
+    smaller than a float32 copy of the input: 16-bit data is upcast a block at a time.
+    Blocks of 2^15 elements, so that the input is ten blocks and a copy would stand out."""
+    monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 1 << 15)
+    construction, call = SIXTEEN_BIT_OPTIONS[option]
+    x = torch.randn(4, 16, 64, 80, generator=torch.Generator().manual_seed(9)).bfloat16()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    layer = bn.BatchNormalization(axis=1, **construction)
+
+    def step() -> None:
+        inputs = x.detach().requires_grad_(True)
+        output = layer(inputs, training=True, **call)
+        output.backward(torch.ones_like(output))
+
+    step()  # builds the layer and its reused scratch
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True
+    ) as profile:
+        step()
+    largest = max(event.self_cpu_memory_usage for event in profile.events())
+    assert 0 < largest < x.numel() * torch.finfo(torch.float32).bits // 8

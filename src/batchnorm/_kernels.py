@@ -64,7 +64,6 @@ from batchnorm._moments import (
 from batchnorm._nonfinite import all_finite
 from batchnorm._plan import Plan
 from batchnorm._reductions import (
-    blocked_channel_sum,
     blocks,
     channel_sum,
     combine_blocks,
@@ -834,50 +833,95 @@ def _composite_backward(
     shift_shape: torch.Size,
     axes: tuple[int, ...],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    r"""The same backward in torch ops: weighted moments, any scale shape, any layout.
+    r"""The backward for a scale and shift of any broadcast shape, weighted or not.
 
     .. math::
 
         dB = \sum dy, \quad dA = \sum dy\, \hat{x}, \quad
-        dx = \sigma^{-1} \left(g - \frac{w}{W}\left(\sum g + \hat{x} \sum g \hat{x}\right)
-        \right), \quad g = A\, dy
+        dx = \sigma^{-1} g - \frac{w\, \sigma^{-1}}{W}
+        \left(\sum g + \hat{x} \sum g \hat{x}\right), \quad g = A\, dy
 
-    One full-size buffer: ``x - mean``, turned into ``dx`` in place; the products inside the
-    sums are formed in cache-sized blocks.
+    ``dB`` and ``dA`` are reduced to the shift's and the scale's shapes (an adjustment may vary
+    per example or per element), the sums of ``g`` per channel. Two passes over ``x`` and
+    ``dy``, the sums then ``dx``, a cache-sized block at a time along the outermost dimension
+    in memory: ``\hat{x}``, ``g`` and 16-bit upcasts are formed in reused scratch, so no
+    full-size temporary is made (a 16-bit input is never copied to float32 whole).
     """
     acc = mean.dtype
-    dy = dy.to(acc)
-    reduce_dims = [d for d in range(x.dim()) if d not in axes]
-    centered = x.to(acc) - mean
-    per_channel = scale.shape == mean.shape
-    sum_dy = channel_sum(dy, axes)
-    dshift = sum_dy if shift_shape == mean.shape else dy.sum_to_size(shift_shape)
-    sum_dy_centered = blocked_channel_sum(torch.mul, axes, dy, centered)
-    if per_channel:
-        dscale = sum_dy_centered * invstd
-        sum_g, sum_g_centered = scale * sum_dy, scale * sum_dy_centered
-    else:
-        dscale = (dy * centered * invstd).sum_to_size(scale.shape)
-        sum_g = blocked_channel_sum(torch.mul, axes, dy, scale)
-        sum_g_centered = blocked_channel_sum(_triple_product, axes, dy, scale, centered)
+    rank = x.dim()
+    scale, weights = (_at_rank(t, rank) for t in (scale, weights))
+    shift_target = _at_rank(torch.empty(shift_shape, device="meta"), rank).shape
+    dshift, dscale, sum_g, sum_g_x_hat = [], [], [], []
+    dim = memory_order(x)[0]  # the dimension the blocks slice
+    for _, (x_block, dy_block, block_mean, block_invstd, block_scale) in blocks(
+        x, (x, dy, mean, invstd, scale)
+    ):
+        x_hat = _x_hat_block(x_block, block_mean, block_invstd, acc)
+        dy_acc = _in_acc(dy_block, acc, "upcast dy")
+        dshift.append(_summed_to(dy_acc, _block_target(shift_target, dim, dy_acc)))
+        product = torch.mul(dy_acc, x_hat, out=scratch_space.like(x_hat, acc, "product"))
+        dscale.append(_summed_to(product, _block_target(scale.shape, dim, product)))
+        g = torch.mul(dy_acc, block_scale, out=scratch_space.like(x_hat, acc, "g"))
+        sum_g.append(channel_sum(g, axes))
+        sum_g_x_hat.append(channel_sum(g.mul_(x_hat), axes))
+    reduce_dims = [d for d in range(rank) if d not in axes]
     total = weight_total(weights, x.shape, reduce_dims).to(acc)
-    # dx = invstd * (g - w / W * (sum_g + x_hat * sum_g_x_hat)), written over ``centered``.
     factor = no_nan_divide(-invstd, total)
-    if weights is None:  # the factor folds into the per-channel coefficients: one pass fewer
-        coefficients = (invstd * invstd * sum_g_centered * factor, sum_g * factor)
-        dx = scale_and_shift(centered, *coefficients, out=centered)
-    else:
-        dx = scale_and_shift(centered, invstd * invstd * sum_g_centered, sum_g, out=centered)
-        dx.mul_(weights.to(acc))  # separately: w times a per-channel factor could be full-size
-        dx.mul_(factor)
-    dx.addcmul_(dy, scale * invstd)
-    return dx.to(x.dtype), dscale, dshift
+    coefficient_x_hat = combine_blocks(sum_g_x_hat, dim, axes) * factor
+    coefficient_one = combine_blocks(sum_g, dim, axes) * factor
+    dx = torch.empty_like(x)
+    operands = (x, dx, dy, mean, invstd, scale, coefficient_x_hat, coefficient_one)
+    for _, (x_block, dx_block, dy_block, *per_block) in blocks(
+        x, operands if weights is None else (*operands, weights)
+    ):
+        block_mean, block_invstd, block_scale, block_x_hat_c, block_one_c, *block_w = per_block
+        out = _x_hat_block(x_block, block_mean, block_invstd, acc)
+        scale_and_shift(out, block_x_hat_c, block_one_c, out=out)  # (sum g + x_hat sum g x_hat) f
+        if block_w:  # separately: w times a per-channel factor could be full-size
+            out.mul_(block_w[0])
+        dy_acc = _in_acc(dy_block, acc, "upcast dy")
+        g = torch.mul(dy_acc, block_scale, out=scratch_space.like(out, acc, "g"))
+        dx_block.copy_(out.addcmul_(g, block_invstd))
+    return (
+        dx,
+        _combined_to(dscale, dim, scale.shape),
+        _combined_to(dshift, dim, shift_target).reshape(shift_shape),
+    )
 
 
-def _triple_product(
-    a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, *, out: torch.Tensor
+def _at_rank(t: torch.Tensor | None, rank: int) -> torch.Tensor | None:
+    """``t`` with leading size-1 dimensions up to ``rank`` (as broadcasting aligns it)."""
+    if t is None or t.dim() == rank:
+        return t
+    return t.reshape((1,) * (rank - t.dim()) + tuple(t.shape))
+
+
+def _x_hat_block(
+    x_block: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor, acc: torch.dtype
 ) -> torch.Tensor:
-    return torch.mul(a, b, out=out).mul_(c)
+    """``(x - mean) * invstd`` of a block in ``acc``, in the scratch of role ``"centred"``."""
+    centred = scratch_space.like(x_block, acc, "centred")
+    torch.sub(_in_acc(x_block, acc, "upcast"), mean, out=centred)
+    return centred.mul_(invstd)
+
+
+def _block_target(shape: torch.Size, dim: int, block: torch.Tensor) -> list[int]:
+    """A full-rank target shape as one block along ``dim`` reduces to it."""
+    target = list(shape)
+    if target[dim] != 1:
+        target[dim] = block.shape[dim]
+    return target
+
+
+def _summed_to(t: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``t.sum_to_size(shape)`` as a tensor of its own (``t`` is scratch the next block reuses)."""
+    return t.clone() if tuple(t.shape) == tuple(shape) else t.sum_to_size(shape)
+
+
+def _combined_to(parts: list[torch.Tensor], dim: int, shape: torch.Size) -> torch.Tensor:
+    """Per-block reductions to a full-rank ``shape``: concatenated where it spans ``dim``."""
+    kept = [d for d, size in enumerate(shape) if size != 1]
+    return combine_blocks(parts, dim, kept)
 
 
 @functools.lru_cache(maxsize=256)
