@@ -7,6 +7,10 @@ meet. Run from the repository root::
     .venv/bin/python benchmarks/targets.py /tmp/b/bench.json
     .venv/bin/python benchmarks/targets.py --check /tmp/b/bench.json       # status 1 on a miss
     .venv/bin/python benchmarks/targets.py --check --run --quick --out-dir /tmp/b  # bench first
+    .venv/bin/python benchmarks/targets.py --explain /tmp/b/bench.json  # misses, pass by pass
+
+``--explain`` measures every case with a missed row again, split into passes
+(``benchmarks/passes.py``): the measured reason of each miss.
 
 ``--run`` takes every argument after it as ``bench``'s, so ``--check`` goes before it.
 
@@ -32,15 +36,18 @@ A target that no row measures shows ``[ -- ]`` and never fails ``--check``. Rows
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from batchnorm.cli import bench
 from batchnorm.cli.__main__ import build_parser
+from batchnorm.cli._allocator import keep_freed_memory
 
 Row = dict[str, Any]
 Check = tuple[str, float, bool]  # (row label, value, whether it meets the target)
@@ -79,6 +86,7 @@ def _target(
         "worst_row": None if worst is None else worst[0],
         "checked": len(checked),
         "misses": [f"{label}: {value:.3g}" for label, value, met in checked if not met],
+        "missed_rows": [label for label, _, met in checked if not met],
     }
 
 
@@ -237,6 +245,69 @@ def format_targets(targets: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# The targets whose misses are rows of bench's cases, which ``--explain`` breaks into passes.
+EXPLAINED = (
+    "plain_bound",
+    "plain_nchw",
+    "plain_channels_last",
+    "options_vs_plain_native",
+    "options_bound",
+    "inference",
+)
+
+
+def explain(targets: Sequence[dict[str, Any]], rows: Sequence[Row], rounds: int) -> Iterable[str]:
+    """The measured reason of each miss: every missed case's calls split into passes.
+
+    For each case with a missed row, :func:`passes.measure` times the missed candidates and
+    native's kernels, interleaved; a line per candidate gives its passes, and for ours the
+    passes that make up most of the gap to native's. Yields the lines as they are measured.
+    """
+    by_label = {_row_label(row): row for row in rows if not row.get("compiled")}
+    missed: dict[tuple, list[str]] = {}
+    for target in targets:
+        if target["id"] in EXPLAINED and target["met"] is False:
+            for label in target["missed_rows"]:
+                row = by_label[label]
+                case = (tuple(row["shape"]), row["layout"], row["dtype"], row["mode"])
+                if row["candidate"] not in missed.setdefault(case, []):
+                    missed[case].append(row["candidate"])
+    if not missed:
+        return
+    passes = passes_module()
+    yield (
+        f"reasons (benchmarks/passes.py: each pass timed inside its call, native's kernels"
+        f" alone; ms, median of {rounds} rounds; % of each pass's bound at the copy's bandwidth):"
+    )
+    for (shape, layout, dtype, mode), candidates in missed.items():
+        case = bench.Case(shape, layout, dtype, mode)
+        medians = passes.measure(case, candidates, rounds)
+        yield f"  {case.label} (missed: {', '.join(candidates)}):"
+        for name, line in passes.format_breakdown(medians).items():
+            yield f"    {line}{_gap(medians[name], medians['native']) if name != 'native' else ''}"
+
+
+def passes_module() -> ModuleType:
+    """``benchmarks/passes.py``, beside this script, as a module (``benchmarks`` is no package)."""
+    spec = importlib.util.spec_from_file_location(
+        "benchmarks_passes", Path(__file__).with_name("passes.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _gap(ours: dict[str, float], native: dict[str, float]) -> str:
+    """The passes that take most of ``ours``'s time beyond ``native``'s, largest first."""
+    keys = ("stats", "apply", "backward", "training", "other")
+    gaps = {key: ours.get(key, 0.0) - native.get(key, 0.0) for key in keys}
+    largest = sorted((gap, key) for key, gap in gaps.items() if gap > 0)[::-1][:2]
+    if not largest:
+        return ""
+    return "; beyond native's: " + ", ".join(f"{key} +{gap:.2f}" for gap, key in largest)
+
+
 def read_report(path: Path) -> dict[str, Any]:
     """The report ``bench`` wrote to ``path``.
 
@@ -264,6 +335,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("report", nargs="?", type=Path, help="the bench.json that bench wrote")
     parser.add_argument(
         "--check", action="store_true", help="exit with status 1 when a measured target is missed"
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="measure each missed case again, split into passes (benchmarks/passes.py)",
+    )
+    parser.add_argument(
+        "--explain-rounds", type=int, default=5, help="rounds of --explain's measurements"
     )
     parser.add_argument(
         "--run",
@@ -297,6 +376,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{path}: {error}")
     targets = evaluate_targets(report["rows"])
     print(format_targets(targets))
+    if args.explain:
+        keep_freed_memory()
+        for line in explain(targets, report["rows"], args.explain_rounds):
+            print(line, flush=True)
     if report["config"].get("compile"):
         print("note: a --compile run: its rows are compiled calls, the targets are for eager ones")
     missed = any(target["met"] is False for target in targets)

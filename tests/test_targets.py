@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import torch
 
+import batchnorm as bn
 from batchnorm.cli import bench
 from batchnorm.cli.__main__ import main as cli_main
 
@@ -392,3 +393,64 @@ def test_the_cli_has_no_check_option(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         cli_main(["bench", "--help"])
     assert "--check" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ --explain, pass by pass
+
+passes = targets.passes_module()
+
+
+def _route_tables() -> list[dict[str, Any]]:
+    return [table for tables in passes._TABLES.values() for table in tables]
+
+
+@pytest.mark.parametrize(
+    ("shape", "timed", "untimed"),
+    [
+        ((8, 16, 4, 4), {"training"}, {"stats", "apply", "backward"}),  # ATen's whole kernel
+        ((4, 16, 64, 80), {"stats", "apply", "backward"}, {"training"}),  # the passes
+    ],
+    ids=["small: ATen's training kernel", "large: the passes"],
+)
+def test_the_pass_timer_gives_each_pass_of_the_plan_its_time(shape, timed, untimed) -> None:
+    """The timer attributes a training step to the passes its plan runs, and leaves the route
+    tables as they were."""
+    before = [dict(table) for table in _route_tables()]
+    x = torch.randn(shape, requires_grad=True)
+    gamma, beta = torch.ones(shape[1], requires_grad=True), torch.zeros(shape[1])
+    state = torch.zeros(shape[1]), torch.ones(shape[1])
+
+    def step() -> None:
+        y = bn.functional.batch_norm(x, *state, gamma, beta, training=True, axis=1).output
+        y.sum().backward()
+
+    with passes.PassTimer() as timer:
+        split = timer.split(step)
+    assert {key for key in timed | untimed if split[key] > 0} == timed
+    assert split["total"] == pytest.approx(sum(v for k, v in split.items() if k != "total"))
+    assert [dict(table) for table in _route_tables()] == before
+    assert bn.functional.aten_training is passes.functional.aten_training
+
+
+def test_explain_splits_each_missed_case_into_passes() -> None:
+    """A report whose plain step missed: the case is measured again, native's kernels alone
+    and ours pass by pass, with the passes beyond native's."""
+    row = _row("plain", ratio=1.5, shape=[4, 16, 64, 80])
+    native = _row("native", shape=[4, 16, 64, 80])
+    report_targets = targets.evaluate_targets([row, native])
+    lines = list(targets.explain(report_targets, [row, native], rounds=1))
+    assert lines[0].startswith("reasons (benchmarks/passes.py")
+    assert lines[1] == "  (4,16,64,80) NCHW float32 train_fwdbwd (missed: plain):"
+    assert lines[2].startswith("    native ") and "stats" in lines[2] and "backward" in lines[2]
+    assert lines[3].startswith("    plain ") and "% of bound)" in lines[3]
+    assert len(lines) == 4
+
+
+def test_explain_says_nothing_when_every_target_is_met() -> None:
+    rows = [_row("plain", ratio=0.5), _row("native")]
+    assert list(targets.explain(targets.evaluate_targets(rows), rows, rounds=1)) == []
+
+
+def test_the_pass_module_examples_hold() -> None:
+    result = doctest.testmod(passes)
+    assert result.attempted >= 1 and result.failed == 0
