@@ -111,7 +111,8 @@ def _two_pass(
     which costs 7% (NCHW) to 19% (channels innermost) more than this one.
     """
     count = weight_total(None, x.shape, reduce_dims).to(acc)
-    mean = channel_sum(x, axes) / count
+    # The mean from the float64 total (channel_sum), rounded once: half a unit of roundoff.
+    mean = (channel_sum(x, axes, torch.float64) / count).to(acc)
     var = blocked_channel_sum(_centered_square, axes, x, mean) / count
     if _offset_is_large(mean, var):
         return _corrected(x, axes, count, mean)
