@@ -850,7 +850,7 @@ def _composite_backward(
     acc = mean.dtype
     rank = x.dim()
     scale, weights = (_at_rank(t, rank) for t in (scale, weights))
-    shift_target = _at_rank(torch.empty(shift_shape, device="meta"), rank).shape
+    shift_target = torch.Size((1,) * (rank - len(shift_shape)) + tuple(shift_shape))
     dshift, dscale, sum_g, sum_g_x_hat = [], [], [], []
     dim = memory_order(x)[0]  # the dimension the blocks slice
     for _, (x_block, dy_block, block_mean, block_invstd, block_scale) in blocks(
@@ -876,7 +876,8 @@ def _composite_backward(
     ):
         block_mean, block_invstd, block_scale, block_x_hat_c, block_one_c, *block_w = per_block
         out = _x_hat_block(x_block, block_mean, block_invstd, acc)
-        scale_and_shift(out, block_x_hat_c, block_one_c, out=out)  # (sum g + x_hat sum g x_hat) f
+        # -(sum g + x_hat sum g x_hat) invstd / W, then w times it
+        scale_and_shift(out, block_x_hat_c, block_one_c, out=out)
         if block_w:  # separately: w times a per-channel factor could be full-size
             out.mul_(block_w[0])
         dy_acc = _in_acc(dy_block, acc, "upcast dy")
