@@ -464,3 +464,17 @@ def test_accelerators_never_read_the_fold_on_the_host():
     )
     assert plan.fold == "never" and plan.training == "passes"
     assert plan.describe().startswith("stats=var_mean apply=centred ")  # the apply that runs
+
+
+def test_rows_fold_for_atens_cpu_kernel_only():
+    """A bfloat16 channels_last input folds its rows on the CPU, whose statistics kernel needs
+    it; on an accelerator (decided from the signature alone) the kernel takes it as it is."""
+    shape = torch.Size([8, 16, 32, 32])
+    strides = (16384, 1, 512, 16)  # channels_last
+    decided = {
+        device: _plan._decide(
+            shape, strides, BF16, device, (1,), None, True, True, False, False, ()
+        ).stats
+        for device in ("cpu", "cuda")
+    }
+    assert decided == {"cpu": "aten_folded_rows", "cuda": "aten"}

@@ -188,7 +188,7 @@ def _decide(
     sixteen_bit = dtype in SIXTEEN_BIT
     has_block_view = aten_input(x, axes) is not None
     slices = aten_slices(x, axes, regroup=sixteen_bit and weights is None)
-    stats = _stats_route(x, axes, weights, sixteen_bit, has_block_view, slices)
+    stats = _stats_route(x, axes, weights, sixteen_bit, has_block_view, slices, device == "cpu")
     apply, aten_applies = _apply_route(x, axes, sixteen_bit, has_block_view)
     sizes = block_view_sizes(x, axes)
     centred = "centred_upcast" if sixteen_bit else "centred"
@@ -242,11 +242,15 @@ def _stats_route(
     sixteen_bit: bool,
     has_block_view: bool,
     slices: object,
+    on_cpu: bool,
 ) -> str:
     reduce_dims = [d for d in range(x.dim()) if d not in axes]
     if sixteen_bit and weights is None:
         if has_block_view:
-            return "aten_folded_rows" if folded_rows(x, axes) is not None else "aten"
+            # Rows folded into channels for ATen's CPU kernel, whose running sums round worse
+            # the more rows each thread sums (elsewhere unmeasured: the kernel as it is).
+            folds = on_cpu and folded_rows(x, axes) is not None
+            return "aten_folded_rows" if folds else "aten"
         return "aten_slices" if slices is not None else "upcast_blocks"
     if sixteen_bit:
         varying = varying_dims(weights, x, reduce_dims)
