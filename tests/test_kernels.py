@@ -313,6 +313,31 @@ def test_the_stats_pass_mean_is_within_a_unit_in_the_last_place(layout, offset):
     assert error.max().item() <= 1.25
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+def test_upcast_blocks_keep_a_nan_under_a_zero_weight_out_of_the_moments(
+    channels_last, monkeypatch
+):
+    """bfloat16 with a mask, NaN and Inf where the mask is 0, in several blocks: the moments are
+    those of float64 over the kept positions (the blocks take plain products and the whole is
+    taken again zeroed once it comes out non-finite)."""
+    monkeypatch.setattr(_thresholds, "BLOCK_ELEMENTS", 1 << 12)
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(8, 4, 16, 16, generator=generator).bfloat16()
+    mask = torch.rand(8, 1, 16, 16, generator=generator) > 0.3
+    mask[0, 0, 0, 0] = mask[5, 0, 3, 7] = False
+    poisoned = x.clone()
+    poisoned[0, :, 0, 0] = torch.nan  # (positions the mask drops)
+    poisoned[5, :, 3, 7] = torch.inf
+    if channels_last:
+        poisoned = poisoned.contiguous(memory_format=torch.channels_last)
+    weights = mask.float()
+    assert plan_for(poisoned, (1,), weights).stats == "upcast_blocks"
+    moments = stats_pass(poisoned, (1,), weights)
+    expected = compute_moments(x.double(), (0, 2, 3), weights.double())
+    torch.testing.assert_close(moments.mean.double(), expected.mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(moments.var.double(), expected.var, rtol=1e-6, atol=1e-7)
+
+
 def _route_without_block_view(
     monkeypatch, route: str, x: torch.Tensor, axes, *, ghost_channels_last: bool
 ) -> None:
