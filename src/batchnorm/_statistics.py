@@ -4,9 +4,11 @@ Two-pass and exact to rounding: the mean is a per-channel (weighted) sum, the va
 squares of ``x - mean`` formed a cache-sized block at a time, so no full-size temporary is made
 (corrected for the first mean's error where a channel's offset is large, unweighted float inputs);
 small float inputs take one ``torch.var_mean`` (Welford's update, accumulated in float64), where
-a dozen small ops would cost more than the data. 16-bit inputs take ATen's statistics kernel
-where it fits (also for per-example weights of NCHW inputs, row by row, and for ghost batches of
-channels_last inputs, slice by slice) and are otherwise upcast one block at a time. The sums and
+a dozen small ops would cost more than the data; the mean is taken from a float64 total of the
+float32 partial sums. 16-bit inputs take ATen's statistics kernel where it fits (with the rows of
+channels-innermost inputs folded into its channels, for per-example weights of NCHW inputs row
+by row, and for ghost batches of channels_last inputs slice by slice) and are otherwise upcast
+one block at a time. The sums and
 blocks are :mod:`batchnorm._reductions`; the readable statement of the same moments is
 :func:`batchnorm._moments.compute_moments`.
 """
