@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from batchnorm._moments import no_nan_divide
+from batchnorm._moments import no_nan_divide, sum_over
 
 __all__ = ["Standardize", "is_per_channel"]
 
@@ -92,15 +92,15 @@ class Standardize(torch.autograd.Function):
         dims = ctx.reduce_dims
         if is_per_channel(scale, dims):
             # One reduction of (dy, dy * x_hat) over ``dims`` serves every gradient.
-            sum_dy = dy.sum(dim=dims, keepdim=True)
-            sum_dy_x_hat = (dy * x_hat).sum(dim=dims, keepdim=True)
+            sum_dy = sum_over(dy, dims)
+            sum_dy_x_hat = sum_over(dy * x_hat, dims)
             g = dy * scale
             sum_g, sum_g_x_hat = sum_dy * scale, sum_dy_x_hat * scale
         else:  # an adjustment that varies over reduced positions
             sum_dy, sum_dy_x_hat = dy, dy * x_hat
             g = dy * scale
-            sum_g = g.sum(dim=dims, keepdim=True)
-            sum_g_x_hat = (g * x_hat).sum(dim=dims, keepdim=True)
+            sum_g = sum_over(g, dims)
+            sum_g_x_hat = sum_over(g * x_hat, dims)
         dx = None
         if ctx.needs_input_grad[0]:
             share = no_nan_divide(torch.ones_like(mean) if weights is None else weights, total)
