@@ -232,6 +232,40 @@ def test_a_training_call_compiles_to_one_graph(option, fresh_dynamo):
     assert (report.graph_break_count, report.graph_count) == (0, 1)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["NCHW", "channels_last"])
+def test_large_compiled_plain_calls_take_the_closed_form_and_equal_eager(
+    channels_last, fresh_dynamo, monkeypatch
+):
+    """From COMPILED_CLOSED_FORM_ELEMENTS (patched to this test's size), a plain compiled
+    training call takes the closed form, not ATen's op; fullgraph with a changing batch,
+    equal to eager (outputs, gradients, moving statistics)."""
+    routes: list[str] = []
+
+    def spied(name):
+        route = getattr(bn.functional, name)
+
+        def spy(call):
+            routes.append(name)
+            return route(call)
+
+        return spy
+
+    for name in ("_compiled_normalize", "_compiled_standardized"):
+        monkeypatch.setattr(bn.functional, name, spied(name))
+    monkeypatch.setattr(bn._thresholds, "COMPILED_CLOSED_FORM_ELEMENTS", 300)
+    eager, twin = _pair({})
+    compiled = torch.compile(twin, fullgraph=True, dynamic=True)
+    generator = torch.Generator().manual_seed(7)
+    for batch in (8, 6, 2):  # 384, 288 and 96 elements: the last one below the threshold
+        x = torch.randn(batch, 3, 4, 4, generator=generator) * 2 + 1
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        _assert_same_training_step(eager, compiled, x, {}, generator)
+        for got, want in zip(twin.get_weights(), eager.get_weights(), strict=True):
+            torch.testing.assert_close(torch.from_numpy(got), torch.from_numpy(want))
+    assert routes[:1] == ["_compiled_standardized"] and "_compiled_normalize" in routes
+
+
 # --------------------------------------------------------------------------- torch.export
 class _Wrapped(torch.nn.Module):
     def __init__(self, training: bool, **options: object) -> None:

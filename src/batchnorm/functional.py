@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from batchnorm import _thresholds
 from batchnorm._affine import (
     compose,
     gamma_beta_affine,
@@ -837,7 +838,7 @@ def batch_norm_checked(
     normalize = _fast_normalize if fast else _reference_normalize
     if sync is None and options.fused is not False and torch.compiler.is_compiling():
         composed = options.renorm or adjusted is not None
-        normalize = _compiled_route(view, wv, composed=composed)
+        normalize = _compiled_route(view, wv, composed=composed, elements=xv.numel())
     # Routes whose backward does not keep an excluded NaN out by itself (the eager CPU backward
     # and the compiled closed form do).
     cleans_itself = normalize is _compiled_standardized or (
@@ -1035,27 +1036,34 @@ def routes(
 
 
 def _compiled_route(
-    view: _View, wv: torch.Tensor | None, *, composed: bool
+    view: _View, wv: torch.Tensor | None, *, composed: bool, elements: int | torch.SymInt
 ) -> Callable[[TrainingCall], tuple[torch.Tensor, Moments]]:
     """The training route of an unsynchronized call being compiled (or exported).
 
     ATen's batch-norm op (:func:`_compiled_normalize`) for plain calls (unweighted, no ghost
     batches, no affine ``composed`` onto ``x_hat``: renorm or an adjustment) whose kept
     dimensions are 1 to k (channels on dimension 1, or several channel axes after it) with at
-    least two values a channel (a guard on symbolic sizes); else plain ops with the closed-form
-    gradient (:func:`_compiled_standardized`): one read of ``x`` for the moments and one
-    elementwise pass forward, one reduction and one elementwise pass back. Measured by ``bench
-    --compile`` (float32, forward and backward, x compiled native plain): at (32, 64, 56, 56)
-    NCHW and channels_last plain 1.03 and 0.98 by ATen's op; in closed form renorm 0.94 and
-    0.99, ghost batches 0.94 and 0.96, batch weights 0.98 and 1.19, a mask 1.05 and 0.89. An
-    adjustment composed after ATen's op took 1.27 and 1.18 at (64, 256, 14, 14), 1.12 and 1.36
-    at (8, 32, 112, 112) (autograd's reduction for the affine's gradient is one more pass); in
-    closed form 1.09, 1.00, 0.92 and 0.98. (With two reads for the moments and the affine in
-    autograd, renorm took 1.02 and 1.44, ghost batches 1.21 and 1.75.)
+    least two values a channel (a guard on symbolic sizes), when they are exported (one
+    standard node) or smaller than ``COMPILED_CLOSED_FORM_ELEMENTS``; else plain ops with the
+    closed-form gradient (:func:`_compiled_standardized`): one read of ``x`` for the moments
+    and one elementwise pass forward, one reduction and one elementwise pass back, which
+    inductor compiles to faster loops than its own batch norm from that size on (and whose
+    shifted sums keep the variance exact at large offsets, where inductor's ``var_mean`` does
+    not). Measured by ``bench --compile`` (float32, forward and backward, x compiled native
+    plain): see ``_thresholds.COMPILED_CLOSED_FORM_ELEMENTS`` for plain calls; in closed form
+    at (32, 64, 56, 56) NCHW and channels_last renorm 0.94 and 0.99, ghost batches 0.94 and
+    0.96, batch weights 0.98 and 1.19, a mask 1.05 and 0.89 before the batch-last sums of
+    :func:`batchnorm._moments.sum_over` (channels_last weights 0.73-0.99 after). An adjustment
+    composed after ATen's op took 1.27 and 1.18 at (64, 256, 14, 14), 1.12 and 1.36 at
+    (8, 32, 112, 112) (autograd's reduction for the affine's gradient is one more pass); in
+    closed form 1.09, 1.00, 0.92 and 0.98.
     """
     kept = view.axes
     aten_op = kept == tuple(range(1, len(kept) + 1)) and view.reduced_count >= 2
-    if wv is None and not composed and view.group_dim is None and aten_op:
+    plain = wv is None and not composed and view.group_dim is None and aten_op
+    # Exporting first: the size test would put a guard on a dynamic batch.
+    exported = torch.compiler.is_exporting()
+    if plain and (exported or elements < _thresholds.COMPILED_CLOSED_FORM_ELEMENTS):
         return _compiled_normalize
     return _compiled_standardized
 
