@@ -7,7 +7,7 @@ import torch
 from conftest import APPLY_ROUTES, STATS_ROUTES
 
 import batchnorm as bn
-from batchnorm import _aten, _thresholds
+from batchnorm import _aten, _moments, _thresholds
 from batchnorm._aten import native_inference
 from batchnorm._axes import broadcasts_to
 from batchnorm._kernels import NormalizeApply
@@ -719,3 +719,28 @@ def test_a_sixteen_bit_training_step_never_copies_the_input_to_float32(
         step()
     largest = max(event.self_cpu_memory_usage for event in profile.events())
     assert 0 < largest < x.numel() * torch.finfo(torch.float32).bits // 8
+
+
+@pytest.mark.parametrize(
+    ("shape", "dims", "asked"),
+    [
+        ((512, 8), (0,), [(512, 8)]),  # a matrix: 8 runs of 64 rows
+        ((8, 5, 6, 3), (0, 1, 2), []),  # channels_last in memory order: the batch last
+        ((7, 3), (0,), [(7, 1)]),  # too few rows to split
+        ((4, 3, 5), (0, 2), []),  # dimensions that do not lead: one sum
+    ],
+)
+def test_sum_over_sums_in_parts_where_the_reduced_dimensions_lead(shape, dims, asked, monkeypatch):
+    """``_moments.sum_over`` equals one keepdim sum (float64), and splits a leading reduced
+    dimension of known size into the runs of rows ``column_parts`` gives (rows, parts)."""
+    calls = []
+    column_parts = _moments.column_parts
+
+    def spy(rows: int) -> int:
+        calls.append((rows, column_parts(rows)))
+        return calls[-1][1]
+
+    monkeypatch.setattr(_moments, "column_parts", spy)
+    t = torch.randn(shape, generator=torch.Generator().manual_seed(12), dtype=torch.float64)
+    torch.testing.assert_close(_moments.sum_over(t, dims), t.sum(dim=dims, keepdim=True))
+    assert calls == asked

@@ -266,6 +266,28 @@ def test_large_compiled_plain_calls_take_the_closed_form_and_equal_eager(
     assert routes[:1] == ["_compiled_standardized"] and "_compiled_normalize" in routes
 
 
+def test_a_static_compiled_matrix_call_sums_its_rows_in_parts_and_equals_eager(fresh_dynamo):
+    """A matrix (channels innermost, one reduced dimension) compiled with static shapes: the
+    closed form's sums take its rows in parts (``_moments.sum_over``), equal to eager."""
+    generator = torch.Generator().manual_seed(8)
+    state = torch.zeros(8), torch.ones(8)
+    gamma = torch.rand(8, generator=generator).add(0.5).requires_grad_()
+    x = torch.randn(512, 8, generator=generator) * 3 + 2
+    weights = torch.rand(512, generator=generator)
+    dy = torch.randn(x.shape, generator=generator)
+
+    def call(x):
+        return batch_norm(x, *state, gamma, None, training=True, batch_weights=weights).output
+
+    results = []
+    for function in (call, torch.compile(call, fullgraph=True, dynamic=False)):
+        xi = x.clone().requires_grad_(True)
+        y = function(xi)
+        results.append((y.detach(), *torch.autograd.grad((y * dy).sum(), (xi, gamma))))
+    for got, want in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
 # --------------------------------------------------------------------------- torch.export
 class _Wrapped(torch.nn.Module):
     def __init__(self, training: bool, **options: object) -> None:

@@ -31,6 +31,7 @@ from math import prod
 
 import torch
 
+from batchnorm._reductions import column_parts
 from batchnorm._types import Moments
 
 __all__ = [
@@ -232,23 +233,32 @@ def _weighted_mean(
 
 
 def sum_over(t: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """``t.sum(dim=dims, keepdim=True)``, over the first of ``dims`` last where they lead.
+    """``t.sum(dim=dims, keepdim=True)``, in parts along the first of ``dims`` where they lead.
 
     Where the reduced dimensions are the leading ones and the kept ones trail (an input with
-    its channels innermost, seen in memory order: channels_last's ``(N, H, W, C)``), inductor
-    (torch 2.13, CPU) compiles the one sum as a loop over groups of 8 channels, each reading
-    every row of ``t``: 16 times the memory traffic. Summed over the others first, then over
-    the first (the batch), it makes per-example partial sums in one streaming pass, 2.3x
-    faster on a (64, 14, 14, 256) pair of sums; the second sum is over a tensor a row of
-    each example. Eager results differ by rounding only.
+    its channels innermost, seen in memory order: channels_last's ``(N, H, W, C)``, a matrix's
+    ``(N, C)``), inductor (torch 2.13, CPU) compiles the one sum as a loop over groups of 8
+    channels, each reading every row of ``t``: 16 times the memory traffic. Summed in parts,
+    each a run of consecutive rows, then over the parts, it makes partial sums in one
+    streaming pass: 2.3x faster on a (64, 14, 14, 256) pair of sums, 1.7-2.3x on matrices of
+    1M elements. The parts are the examples where other reduced dimensions follow the batch,
+    else up to 64 runs of rows (:func:`batchnorm._reductions.column_parts`), where the batch
+    size is known (a symbolic one of dynamic shapes is summed whole). Eager results differ by
+    rounding only.
 
     Example:
         >>> sum_over(torch.ones(2, 3, 4), (0, 1)).flatten().tolist()
         [6.0, 6.0, 6.0, 6.0]
     """
-    if len(dims) > 1 and dims == tuple(range(len(dims))):
-        return t.sum(dim=dims[1:], keepdim=True).sum(dim=dims[0], keepdim=True)
-    return t.sum(dim=dims, keepdim=True)
+    if dims != tuple(range(len(dims))) or len(dims) == t.dim():
+        return t.sum(dim=dims, keepdim=True)
+    if len(dims) > 1:
+        return t.sum(dim=dims[1:], keepdim=True).sum(dim=0, keepdim=True)
+    rows = t.shape[0]
+    parts = column_parts(rows) if isinstance(rows, int) else 1
+    if parts == 1:
+        return t.sum(dim=0, keepdim=True)
+    return t.view(parts, rows // parts, *t.shape[1:]).sum(dim=1).sum(dim=0, keepdim=True)
 
 
 def merge_moments(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor) -> Moments:

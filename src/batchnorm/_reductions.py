@@ -29,6 +29,7 @@ __all__ = [
     "blocks",
     "channel_sum",
     "channel_sum_of_squares",
+    "column_parts",
     "combine_blocks",
     "is_dense",
     "keep_shape",
@@ -175,14 +176,14 @@ def _run_sum(t: torch.Tensor, run: int, *, wide: bool = False) -> torch.Tensor:
     added up in float64, and returned so.
     """
     size = t.shape[run]
-    parts = 1 if run == t.dim() - 1 else _column_parts(size)
+    parts = 1 if run == t.dim() - 1 else column_parts(size)
     if parts > 1:
         t = t.view(*t.shape[:run], parts, size // parts, *t.shape[run + 1 :]).sum(dim=run + 1)
     return t.sum(dim=run, dtype=torch.float64 if wide else None)
 
 
 @functools.lru_cache(maxsize=256)
-def _column_parts(rows: int) -> int:
+def column_parts(rows: int) -> int:
     """The most parts up to ``COLUMN_PARTS`` that ``rows`` splits into evenly (or 1).
 
     Each part has at least ``_MIN_ROWS_PER_PART`` rows.
