@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from math import prod
 
 import torch
 
@@ -255,10 +254,19 @@ def _aten(
     """
     block, _ = aten_input(x, axes)  # the plan checked that it has one
     keep = keep_shape(x, axes)
-    unused = torch.zeros(prod(keep), dtype=acc, device=x.device)
-    mean, var = torch.ops.aten.batch_norm_update_stats(block, unused, unused.clone(), 0.0)
+    mean, var = _kernel_moments(block, acc)
     count = weight_total(None, x.shape, reduce_dims).to(acc)
     return Moments(count=count, mean=mean.view(keep), var=var.view(keep))
+
+
+def _kernel_moments(block: torch.Tensor, acc: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ATen's per-channel mean and biased variance of ``block`` (channels on dimension 1).
+
+    Accumulated in ``acc`` (float32 for 16-bit blocks): the kernel takes throw-away running
+    statistics of that dtype, which momentum 0 leaves unchanged.
+    """
+    unused = torch.zeros(block.shape[1], dtype=acc, device=block.device)
+    return torch.ops.aten.batch_norm_update_stats(block, unused, unused.clone(), 0.0)
 
 
 def _aten_folded_rows(
@@ -286,9 +294,7 @@ def _aten_folded_rows(
     (``tests/test_kernels.py``).
     """
     view, k = folded_rows(x, axes)  # the plan checked that it folds
-    unused = torch.zeros(view.shape[1], dtype=acc, device=x.device)
-    means, variances = torch.ops.aten.batch_norm_update_stats(view, unused, unused.clone(), 0.0)
-    means, variances = means.view(k, -1), variances.view(k, -1)
+    means, variances = (t.view(k, -1) for t in _kernel_moments(view, acc))
     mean = means.mean(dim=0)
     spread = torch.sub(means, mean).square_().add_(variances)
     keep = keep_shape(x, axes)
